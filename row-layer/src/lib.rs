@@ -1,0 +1,16 @@
+//! row-layer: versioned redirect-on-write object maps for block images.
+//!
+//! An image's blocks are mapped, grain by grain, to objects of a RADOS-shaped
+//! store ([`backend::Backend`]). Data that a snapshot can see is never
+//! overwritten: writes after a snapshot go to new objects (redirect-on-write),
+//! so snapshots are frozen map versions, and creating, rolling back to or
+//! cloning one only touches metadata. See `docs/DESIGN.md` for the data
+//! model, the crash-consistency argument and the cost of every operation.
+
+pub mod backend;
+pub mod envelope;
+pub mod error;
+pub mod ids;
+
+pub use error::{Error, ErrorKind, Result};
+pub use ids::{Epoch, GrainIdx, ImageId, ObjectNo, SnapId};
