@@ -1,0 +1,1 @@
+//! row-nbd (to be written).

@@ -1,0 +1,1 @@
+//! rbd-streams (to be written).

@@ -1,0 +1,1 @@
+//! librados-sys (to be written).

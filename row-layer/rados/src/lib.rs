@@ -1,0 +1,1 @@
+//! row-rados (to be written).
