@@ -14,3 +14,22 @@ pub mod ids;
 
 pub use error::{Error, ErrorKind, Result};
 pub use ids::{Epoch, GrainIdx, ImageId, ObjectNo, SnapId};
+
+pub(crate) mod check;
+pub mod diff;
+pub mod image;
+pub mod layout;
+pub mod lifecycle;
+pub(crate) mod lineage;
+pub(crate) mod range_lock;
+pub mod reclaim;
+pub mod records;
+pub mod snapshots;
+pub mod space;
+pub mod store;
+
+pub use diff::DiffExtent;
+pub use image::{Image, ImageInfo, ImageOptions, View};
+pub use snapshots::SnapInfo;
+pub use space::SpaceUsage;
+pub use store::{CreateOptions, ImageEntry, Store};

@@ -155,7 +155,8 @@ pub(crate) fn apply(objects: &mut Objects, oid: &str, op: &WriteOp) -> Result<()
         match a {
             Action::Create | Action::Remove => {}
             Action::Write { offset, data } => {
-                let off = usize::try_from(*offset).map_err(|_| Error::invalid("offset too large"))?;
+                let off =
+                    usize::try_from(*offset).map_err(|_| Error::invalid("offset too large"))?;
                 let end = off + data.len();
                 if o.data.len() < end {
                     o.data.resize(end, 0);
@@ -164,7 +165,8 @@ pub(crate) fn apply(objects: &mut Objects, oid: &str, op: &WriteOp) -> Result<()
             }
             Action::WriteFull(data) => o.data = data.to_vec(),
             Action::Zero { offset, len } => {
-                let off = usize::try_from(*offset).map_err(|_| Error::invalid("offset too large"))?;
+                let off =
+                    usize::try_from(*offset).map_err(|_| Error::invalid("offset too large"))?;
                 let len = usize::try_from(*len).map_err(|_| Error::invalid("length too large"))?;
                 if off >= o.data.len() {
                 } else if off + len >= o.data.len() {
@@ -220,7 +222,9 @@ impl Backend for MemBackend {
     fn read(&self, oid: &str, offset: u64, len: u64) -> BoxFuture<'_, Result<Bytes>> {
         let r = self.with(|s| {
             let o = s.live.get(oid).ok_or_else(|| missing(oid))?;
-            let start = usize::try_from(offset).unwrap_or(usize::MAX).min(o.data.len());
+            let start = usize::try_from(offset)
+                .unwrap_or(usize::MAX)
+                .min(o.data.len());
             let end = start
                 .saturating_add(usize::try_from(len).unwrap_or(usize::MAX))
                 .min(o.data.len());
@@ -341,7 +345,9 @@ impl Backend for MemBackend {
                     s.locks.remove(&key);
                     Ok(())
                 }
-                _ => Err(Error::not_found(format!("lock {name} on {oid} not held by {cookie}"))),
+                _ => Err(Error::not_found(format!(
+                    "lock {name} on {oid} not held by {cookie}"
+                ))),
             }
         });
         async move { r }.boxed()
@@ -366,7 +372,9 @@ impl Backend for MemBackend {
                     s.locks.remove(&key);
                     Ok(())
                 }
-                _ => Err(Error::not_found(format!("lock {name} on {oid} not held by that owner"))),
+                _ => Err(Error::not_found(format!(
+                    "lock {name} on {oid} not held by that owner"
+                ))),
             }
         });
         async move { r }.boxed()

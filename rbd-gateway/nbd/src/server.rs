@@ -1,0 +1,208 @@
+//! Listener loop, configuration and per-connection driver.
+
+use std::future::Future;
+use std::io;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use futures::future::BoxFuture;
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tokio::task::JoinSet;
+use tracing::{debug, info, warn};
+
+use crate::backend::ExportRegistry;
+use crate::handshake::{negotiate, HandshakeOutcome};
+use crate::metrics::Metrics;
+use crate::transmission::transmission;
+
+/// Any bidirectional byte stream the server can speak NBD over (TCP, Unix
+/// socket, TLS stream, in-memory duplex, ...).
+pub trait AsyncStream: AsyncRead + AsyncWrite + Unpin + Send + 'static {}
+impl<T: AsyncRead + AsyncWrite + Unpin + Send + 'static> AsyncStream for T {}
+
+/// Type-erased stream; used so that `NBD_OPT_STARTTLS` can replace the plain
+/// stream with a TLS one mid-handshake.
+pub type BoxStream = Box<dyn AsyncStream>;
+
+/// Upgrades a plain stream to TLS after the server has acknowledged
+/// `NBD_OPT_STARTTLS`. Implement with `tokio_rustls::TlsAcceptor`:
+/// `Box::pin(async move { Ok(Box::new(acceptor.accept(stream).await?) as BoxStream) })`.
+pub trait TlsAcceptor: Send + Sync + 'static {
+    /// Perform the server side of the TLS handshake on `stream`.
+    fn accept(&self, stream: BoxStream) -> BoxFuture<'static, io::Result<BoxStream>>;
+}
+
+/// TLS policy of the server.
+#[derive(Clone)]
+pub struct TlsConfig {
+    /// FORCEDTLS mode: every option other than `STARTTLS`/`ABORT` is answered
+    /// with `NBD_REP_ERR_TLS_REQD` until TLS is up; `EXPORT_NAME` without TLS
+    /// closes the connection. When false, TLS is optional (offered if an
+    /// acceptor is configured).
+    pub required: bool,
+    /// The upgrade implementation; without it `STARTTLS` is refused with
+    /// `NBD_REP_ERR_POLICY` (so with `required` no client can get in).
+    pub acceptor: Option<Arc<dyn TlsAcceptor>>,
+}
+
+/// Server configuration.
+#[derive(Clone)]
+pub struct ServerConfig {
+    /// Maximum READ/WRITE payload advertised and enforced (default 32 MiB).
+    pub max_payload: u32,
+    /// Requests processed concurrently per connection (default 64).
+    pub max_in_flight: usize,
+    /// Upper bound on READ/WRITE payload bytes buffered per connection
+    /// (default 256 MiB); a request larger than this still runs, alone.
+    pub max_in_flight_bytes: u32,
+    /// Time allowed for the whole handshake phase (default 30 s).
+    pub handshake_timeout: Duration,
+    /// How long [`serve`] waits for connections to drain after shutdown.
+    pub drain_timeout: Duration,
+    /// Use `base:allocation` to answer structured reads with hole chunks.
+    pub sparse_reads: bool,
+    /// Oversized WRITE payloads up to this size are read and discarded (the
+    /// request then fails with `EOVERFLOW`); larger ones close the connection.
+    pub max_discard: u64,
+    /// TLS policy; `None` = NOTLS (`STARTTLS` answered with `ERR_POLICY`).
+    pub tls: Option<TlsConfig>,
+    /// Where counters go.
+    pub metrics: Arc<Metrics>,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        ServerConfig {
+            max_payload: 32 << 20,
+            max_in_flight: 64,
+            max_in_flight_bytes: 256 << 20,
+            handshake_timeout: Duration::from_secs(30),
+            drain_timeout: Duration::from_secs(30),
+            sparse_reads: true,
+            max_discard: 64 << 20,
+            tls: None,
+            metrics: Arc::new(Metrics::new()),
+        }
+    }
+}
+
+/// Accept connections on `listener` until `shutdown` resolves, then stop
+/// accepting, ask every connection to finish its in-flight requests and
+/// close, and wait (at most [`ServerConfig::drain_timeout`]) for them.
+pub async fn serve(
+    listener: TcpListener,
+    registry: Arc<dyn ExportRegistry>,
+    config: ServerConfig,
+    shutdown: impl Future<Output = ()>,
+) -> io::Result<()> {
+    let config = Arc::new(config);
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let mut conns = JoinSet::new();
+    tokio::pin!(shutdown);
+    if let Ok(addr) = listener.local_addr() {
+        info!(%addr, "nbd server listening");
+    }
+    loop {
+        tokio::select! {
+            _ = &mut shutdown => break,
+            Some(_) = conns.join_next(), if !conns.is_empty() => {}
+            accepted = listener.accept() => match accepted {
+                Ok((sock, peer)) => {
+                    let _ = sock.set_nodelay(true);
+                    let registry = registry.clone();
+                    let config = config.clone();
+                    let stop = stop_rx.clone();
+                    conns.spawn(async move {
+                        serve_connection(sock, peer.to_string(), registry, config, stop).await;
+                    });
+                }
+                Err(e) => {
+                    // EMFILE and friends: back off instead of spinning.
+                    warn!(error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+            },
+        }
+    }
+    info!(connections = conns.len(), "nbd server shutting down");
+    let _ = stop_tx.send(true);
+    let deadline = tokio::time::sleep(config.drain_timeout);
+    tokio::pin!(deadline);
+    while !conns.is_empty() {
+        tokio::select! {
+            _ = conns.join_next() => {}
+            _ = &mut deadline => {
+                warn!(connections = conns.len(), "drain timeout, aborting connections");
+                conns.abort_all();
+                while conns.join_next().await.is_some() {}
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Serve one already-accepted connection (any stream type). `shutdown`
+/// flipping to `true` makes the connection stop reading requests, finish the
+/// in-flight ones and close. Never panics on client input.
+pub async fn serve_connection<S: AsyncStream>(
+    stream: S,
+    peer: String,
+    registry: Arc<dyn ExportRegistry>,
+    config: Arc<ServerConfig>,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    let metrics = config.metrics.clone();
+    metrics.conn_accepted();
+    let started = Instant::now();
+    debug!(%peer, "nbd connection accepted");
+    let stream: BoxStream = Box::new(stream);
+    let hs = tokio::select! {
+        r = tokio::time::timeout(config.handshake_timeout, negotiate(stream, &*registry, &config)) => match r {
+            Ok(Ok(outcome)) => Ok(outcome),
+            Ok(Err(e)) => Err(e.to_string()),
+            Err(_) => Err("handshake timeout".to_owned()),
+        },
+        _ = wait_true(&mut shutdown) => Err("server shutting down".to_owned()),
+    };
+    match hs {
+        Ok(HandshakeOutcome::Transmission(stream, neg)) => {
+            let export = neg.export_name.clone();
+            let em = metrics.export(&export);
+            em.conn_opened();
+            info!(%peer, export = %export, structured = neg.structured,
+                contexts = neg.contexts.len(), "nbd connection start");
+            let res = transmission(stream, neg, &config, em.clone(), shutdown).await;
+            em.conn_closed();
+            match res {
+                Ok(stats) => info!(%peer, export = %export, requests = stats.requests,
+                    elapsed_ms = started.elapsed().as_millis() as u64, "nbd connection end"),
+                Err(e) => info!(%peer, export = %export, error = %e,
+                    elapsed_ms = started.elapsed().as_millis() as u64, "nbd connection end"),
+            }
+        }
+        Ok(HandshakeOutcome::Closed(reason)) => {
+            metrics.handshake_failed();
+            info!(%peer, export = "", reason = %reason, "nbd connection end during handshake");
+        }
+        Err(e) => {
+            metrics.handshake_failed();
+            info!(%peer, export = "", error = %e, "nbd connection end during handshake");
+        }
+    }
+    metrics.conn_done();
+}
+
+/// Resolves once the watch holds `true` (or its sender is gone).
+pub(crate) async fn wait_true(rx: &mut watch::Receiver<bool>) {
+    loop {
+        if *rx.borrow_and_update() {
+            return;
+        }
+        if rx.changed().await.is_err() {
+            // Sender dropped without signalling: never resolve.
+            futures::future::pending::<()>().await;
+        }
+    }
+}

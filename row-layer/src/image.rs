@@ -1,0 +1,590 @@
+//! An open image: the read/write path and the handle's in-memory state.
+//!
+//! One [`Image`] handle owns a writable image (it holds the image's exclusive
+//! lock); any number of read-only handles may read snapshots. Inside a handle,
+//! I/O runs concurrently: a read takes the *gate* shared, resolves grains from
+//! the in-memory epoch deltas and issues one backend read per run of grains
+//! stored together; a write takes the gate shared and an exclusive lock on its
+//! grain range, and issues one atomic backend op per object it touches (data
+//! plus the grain-state omap keys). Metadata transitions (snapshot, rollback,
+//! resize, reclaim) take the gate exclusively, so they fall between
+//! acknowledged writes. The state mutex is never held across an `.await`.
+
+use crate::backend::{Action, Backend, Guard, WriteOp};
+use crate::error::{Error, ErrorKind, Result};
+use crate::ids::{Epoch, ImageId, ObjectNo, SnapId};
+use crate::layout::{self, Geometry};
+use crate::lineage::{Chain, Link, Loc, FIRST_SOURCE};
+use crate::range_lock::RangeLock;
+use crate::records::{EpochDelta, HeaderRecord};
+use bytes::{Bytes, BytesMut};
+use futures::future::try_join_all;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, MutexGuard};
+use tokio::sync::OnceCell;
+
+/// xattr on the header naming the current owner's cookie; every metadata
+/// commit is guarded by it, so a client that lost ownership cannot commit.
+pub(crate) const OWNER_XATTR: &str = "rbd_row.owner";
+/// Grain-state omap value: the grain's data is stored in this object.
+pub(crate) const GRAIN_DATA: &[u8] = b"D";
+/// Grain-state omap value: the grain reads as zeros from this epoch on.
+pub(crate) const GRAIN_ZERO: &[u8] = b"Z";
+
+/// What a handle looks at.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum View {
+    /// The writable head.
+    Head,
+    /// A snapshot, read-only.
+    Snapshot {
+        /// Its id.
+        id: SnapId,
+        /// Its name when opened.
+        name: String,
+    },
+}
+
+/// Tunables of an open handle.
+#[derive(Debug, Clone)]
+pub struct ImageOptions {
+    /// Upper bound on cached per-object resolutions (4 bytes per grain each).
+    pub max_cached_objects: usize,
+}
+
+impl Default for ImageOptions {
+    fn default() -> Self {
+        ImageOptions {
+            max_cached_objects: 65536,
+        }
+    }
+}
+
+pub(crate) struct State {
+    pub(crate) header: HeaderRecord,
+    /// Records of the image's own sealed epochs.
+    pub(crate) deltas: HashMap<Epoch, Arc<EpochDelta>>,
+    /// The view's path; for the head view, `links[0]` is the open epoch.
+    pub(crate) chain: Chain,
+    /// Links into parent images (clones), oldest part of every chain.
+    pub(crate) parent_links: Vec<Link>,
+    /// Registration of objects in the open epoch.
+    pub(crate) touched: HashMap<ObjectNo, Arc<OnceCell<()>>>,
+    /// Per-object resolutions.
+    pub(crate) cache: HashMap<ObjectNo, Vec<Loc>>,
+    /// Size of the view in bytes.
+    pub(crate) size: u64,
+}
+
+pub(crate) struct Inner {
+    pub(crate) backend: Arc<dyn Backend>,
+    pub(crate) id: ImageId,
+    pub(crate) geo: Geometry,
+    pub(crate) view: View,
+    pub(crate) cookie: Option<String>,
+    pub(crate) gate: tokio::sync::RwLock<()>,
+    pub(crate) ranges: RangeLock,
+    pub(crate) state: Mutex<State>,
+    pub(crate) poisoned: Mutex<Option<String>>,
+    pub(crate) options: ImageOptions,
+}
+
+/// An open image (head or snapshot). Cheap to clone; clones share one owner.
+#[derive(Clone)]
+pub struct Image {
+    pub(crate) inner: Arc<Inner>,
+}
+
+/// Static facts about an open image.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ImageInfo {
+    /// Stable id.
+    pub id: ImageId,
+    /// Name.
+    pub name: String,
+    /// Size of this view in bytes.
+    pub size: u64,
+    /// Bytes per object.
+    pub object_size: u64,
+    /// Bytes per grain.
+    pub grain_size: u64,
+    /// Number of snapshots.
+    pub snapshot_count: usize,
+    /// Parent (image id, snapshot id, overlap) for clones.
+    pub parent: Option<(ImageId, SnapId, u64)>,
+    /// Creation time (seconds since the Unix epoch).
+    pub created_secs: u64,
+}
+
+enum Fill {
+    Data(Bytes),
+    Zero,
+}
+
+impl Image {
+    pub(crate) fn state(&self) -> MutexGuard<'_, State> {
+        self.inner.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Geometry of the image.
+    pub fn geometry(&self) -> Geometry {
+        self.inner.geo
+    }
+
+    /// The image id.
+    pub fn id(&self) -> &ImageId {
+        &self.inner.id
+    }
+
+    /// What this handle looks at.
+    pub fn view(&self) -> &View {
+        &self.inner.view
+    }
+
+    /// Whether writes are refused.
+    pub fn is_read_only(&self) -> bool {
+        self.inner.view != View::Head
+    }
+
+    /// Current size of the view in bytes.
+    pub fn size(&self) -> u64 {
+        self.state().size
+    }
+
+    /// Facts about the image.
+    pub fn info(&self) -> ImageInfo {
+        let st = self.state();
+        ImageInfo {
+            id: self.inner.id.clone(),
+            name: st.header.name.clone(),
+            size: st.size,
+            object_size: self.inner.geo.object_size,
+            grain_size: self.inner.geo.grain_size,
+            snapshot_count: st.header.snapshots.len(),
+            parent: st
+                .header
+                .parent
+                .as_ref()
+                .map(|p| (p.image.clone(), p.snap, p.overlap)),
+            created_secs: st.header.created.secs,
+        }
+    }
+
+    /// A copy of the header as this handle last committed or read it.
+    pub fn header(&self) -> HeaderRecord {
+        self.state().header.clone()
+    }
+
+    pub(crate) fn check_usable(&self) -> Result<()> {
+        let p = self
+            .inner
+            .poisoned
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        match &*p {
+            Some(why) => Err(Error::new(
+                ErrorKind::Fenced,
+                format!(
+                    "image handle is unusable after an earlier failure ({why}); reopen the image"
+                ),
+            )),
+            None => Ok(()),
+        }
+    }
+
+    pub(crate) fn check_writable(&self) -> Result<()> {
+        self.check_usable()?;
+        if self.is_read_only() {
+            return Err(Error::read_only("snapshots are read-only"));
+        }
+        Ok(())
+    }
+
+    /// Marks the handle unusable after a metadata write whose outcome is
+    /// unknown; returns the error for `?`.
+    pub(crate) fn poison(&self, e: Error) -> Error {
+        let mut p = self
+            .inner
+            .poisoned
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        if p.is_none() {
+            tracing::error!(image = %self.inner.id, error = %e, "poisoning image handle");
+            *p = Some(e.message().to_string());
+        }
+        e
+    }
+
+    fn check_range(&self, offset: u64, len: u64) -> Result<()> {
+        let size = self.size();
+        match offset.checked_add(len) {
+            Some(end) if end <= size => Ok(()),
+            _ => Err(Error::invalid(format!(
+                "range {offset}+{len} is outside the image (size {size})"
+            ))),
+        }
+    }
+
+    /// Per-object pieces `(object, image offset, length)` of a byte range.
+    fn pieces(&self, offset: u64, len: u64) -> Vec<(ObjectNo, u64, u64)> {
+        let os = self.inner.geo.object_size;
+        let mut out = Vec::new();
+        let mut pos = offset;
+        let end = offset + len;
+        while pos < end {
+            let o = pos / os;
+            let piece_end = ((o + 1) * os).min(end);
+            out.push((ObjectNo(o), pos, piece_end - pos));
+            pos = piece_end;
+        }
+        out
+    }
+
+    /// The resolution of grains `[g0, g1)` of object `o` (all in that object).
+    pub(crate) fn locs(&self, o: ObjectNo, g0: u64, g1: u64) -> (Vec<Loc>, Vec<(ImageId, Epoch)>) {
+        let geo = self.inner.geo;
+        let first = geo.first_grain(o);
+        let mut st = self.state();
+        if !st.cache.contains_key(&o) {
+            if st.cache.len() >= self.inner.options.max_cached_objects {
+                // Drop an arbitrary half: cheap, and a miss costs only CPU.
+                let keep = st.cache.len() / 2;
+                let victims: Vec<ObjectNo> = st.cache.keys().skip(keep).copied().collect();
+                for v in victims {
+                    st.cache.remove(&v);
+                }
+            }
+            let resolved = st.chain.resolve_object(&geo, o);
+            st.cache.insert(o, resolved);
+        }
+        let locs = st
+            .cache
+            .get(&o)
+            .map(|v| v[(g0 - first) as usize..(g1 - first) as usize].to_vec())
+            .unwrap_or_default();
+        (locs, st.chain.sources.clone())
+    }
+
+    /// Reads `len` bytes at `offset`.
+    pub async fn read(&self, offset: u64, len: u64) -> Result<Bytes> {
+        self.check_usable()?;
+        self.check_range(offset, len)?;
+        let _gate = self.inner.gate.read().await;
+        self.read_unlocked(offset, len).await
+    }
+
+    /// The read path without the gate (callers hold it).
+    pub(crate) async fn read_unlocked(&self, offset: u64, len: u64) -> Result<Bytes> {
+        let len_usize = usize::try_from(len).map_err(|_| Error::invalid("read too large"))?;
+        let mut buf = BytesMut::zeroed(len_usize);
+        let gs = self.inner.geo.grain_size;
+        let mut reads = Vec::new();
+        for (o, poff, plen) in self.pieces(offset, len) {
+            let g0 = poff / gs;
+            let g1 = (poff + plen).div_ceil(gs);
+            let (locs, sources) = self.locs(o, g0, g1);
+            let obj_start = o.0 * self.inner.geo.object_size;
+            let mut i = 0usize;
+            while i < locs.len() {
+                let loc = locs[i];
+                let mut j = i + 1;
+                while j < locs.len() && locs[j] == loc {
+                    j += 1;
+                }
+                if loc >= FIRST_SOURCE {
+                    let a = ((g0 + i as u64) * gs).max(poff);
+                    let b = ((g0 + j as u64) * gs).min(poff + plen);
+                    let (img, ep) = &sources[(loc - FIRST_SOURCE) as usize];
+                    let name = layout::data_object(img, o, *ep);
+                    let backend = self.inner.backend.clone();
+                    reads.push(async move {
+                        let got = backend.read(&name, a - obj_start, b - a).await;
+                        let got = match got {
+                            Ok(bytes) => bytes,
+                            Err(e) if e.kind() == ErrorKind::NotFound => Bytes::new(),
+                            Err(e) => return Err(e.context(format!("reading {name}"))),
+                        };
+                        Ok::<_, Error>((a - offset, got))
+                    });
+                }
+                i = j;
+            }
+        }
+        for (at, bytes) in try_join_all(reads).await? {
+            let at = at as usize;
+            buf[at..at + bytes.len()].copy_from_slice(&bytes);
+        }
+        Ok(buf.freeze())
+    }
+
+    /// Writes `data` at `offset`. Sub-grain edges cost a read-modify-write of
+    /// the grain.
+    pub async fn write(&self, offset: u64, data: Bytes) -> Result<()> {
+        self.check_writable()?;
+        self.check_range(offset, data.len() as u64)?;
+        if data.is_empty() {
+            return Ok(());
+        }
+        let _gate = self.inner.gate.read().await;
+        let mut jobs = Vec::new();
+        for (o, poff, plen) in self.pieces(offset, data.len() as u64) {
+            let start = (poff - offset) as usize;
+            let piece = data.slice(start..start + plen as usize);
+            jobs.push(self.write_piece(o, poff, plen, Fill::Data(piece)));
+        }
+        try_join_all(jobs).await?;
+        Ok(())
+    }
+
+    /// Writes `data` at `offset` and makes it durable before returning (FUA).
+    pub async fn write_durable(&self, offset: u64, data: Bytes) -> Result<()> {
+        self.write(offset, data).await?;
+        self.flush().await
+    }
+
+    /// Discards a range: it reads back as zeros (as rbd discard does).
+    pub async fn discard(&self, offset: u64, len: u64) -> Result<()> {
+        self.zero_range(offset, len).await
+    }
+
+    /// Writes zeros over a range, unmapping whole grains.
+    pub async fn write_zeroes(&self, offset: u64, len: u64) -> Result<()> {
+        self.zero_range(offset, len).await
+    }
+
+    async fn zero_range(&self, offset: u64, len: u64) -> Result<()> {
+        self.check_writable()?;
+        self.check_range(offset, len)?;
+        if len == 0 {
+            return Ok(());
+        }
+        let _gate = self.inner.gate.read().await;
+        self.zero_range_unlocked(offset, len).await
+    }
+
+    pub(crate) async fn zero_range_unlocked(&self, offset: u64, len: u64) -> Result<()> {
+        let jobs: Vec<_> = self
+            .pieces(offset, len)
+            .into_iter()
+            .map(|(o, poff, plen)| self.write_piece(o, poff, plen, Fill::Zero))
+            .collect();
+        try_join_all(jobs).await?;
+        Ok(())
+    }
+
+    /// Makes every acknowledged write durable.
+    pub async fn flush(&self) -> Result<()> {
+        self.check_usable()?;
+        self.inner.backend.flush().await
+    }
+
+    /// Writes one object's piece of a request: one backend op.
+    async fn write_piece(&self, o: ObjectNo, poff: u64, plen: u64, fill: Fill) -> Result<()> {
+        let geo = self.inner.geo;
+        let gs = geo.grain_size;
+        let g0 = poff / gs;
+        let g1 = (poff + plen).div_ceil(gs);
+        let _range = self.inner.ranges.lock(g0, g1).await;
+        let obj_start = o.0 * geo.object_size;
+        let first_grain = geo.first_grain(o);
+        let span_start = g0 * gs;
+        let span_end = g1 * gs;
+        let mut actions = Vec::new();
+        let mut data_grains: Vec<u64> = Vec::new();
+        let mut zero_grains: Vec<u64> = Vec::new();
+        match fill {
+            Fill::Data(bytes) => {
+                let buf = if poff == span_start && poff + plen == span_end {
+                    bytes
+                } else {
+                    let mut buf = BytesMut::zeroed((span_end - span_start) as usize);
+                    self.fill_edges(&mut buf, span_start, poff, plen).await?;
+                    let at = (poff - span_start) as usize;
+                    buf[at..at + bytes.len()].copy_from_slice(&bytes);
+                    buf.freeze()
+                };
+                actions.push(Action::Write {
+                    offset: span_start - obj_start,
+                    data: buf,
+                });
+                data_grains.extend(g0..g1);
+            }
+            Fill::Zero => {
+                let (locs, _) = self.locs(o, g0, g1);
+                let full0 = poff.div_ceil(gs);
+                let full1 = (poff + plen) / gs;
+                // Partial edge grains: zero the covered bytes by rewriting the grain.
+                let mut edges = vec![g0];
+                if g1 - 1 != g0 {
+                    edges.push(g1 - 1);
+                }
+                let size = self.size();
+                for g in edges {
+                    let partial = g < full0 || g >= full1;
+                    if !partial || locs[(g - g0) as usize] < FIRST_SOURCE {
+                        continue; // whole grain, or already reads as zeros
+                    }
+                    let readable = gs.min(size.saturating_sub(g * gs));
+                    let mut grain =
+                        BytesMut::from(&self.read_unlocked(g * gs, readable).await?[..]);
+                    grain.resize(gs as usize, 0);
+                    let a = poff.max(g * gs) - g * gs;
+                    let b = (poff + plen).min((g + 1) * gs) - g * gs;
+                    grain[a as usize..b as usize].fill(0);
+                    actions.push(Action::Write {
+                        offset: g * gs - obj_start,
+                        data: grain.freeze(),
+                    });
+                    data_grains.push(g);
+                }
+                // Whole grains that currently hold data become zero tombstones.
+                let mut g = full0;
+                while g < full1 {
+                    if locs[(g - g0) as usize] < FIRST_SOURCE {
+                        g += 1;
+                        continue;
+                    }
+                    let run_start = g;
+                    while g < full1 && locs[(g - g0) as usize] >= FIRST_SOURCE {
+                        zero_grains.push(g);
+                        g += 1;
+                    }
+                    actions.push(Action::Zero {
+                        offset: run_start * gs - obj_start,
+                        len: (g - run_start) * gs,
+                    });
+                }
+            }
+        }
+        if actions.is_empty() {
+            return Ok(());
+        }
+        let mut keys = Vec::with_capacity(data_grains.len() + zero_grains.len());
+        for &g in &data_grains {
+            keys.push((
+                layout::grain_key((g - first_grain) as u32),
+                Bytes::from_static(GRAIN_DATA),
+            ));
+        }
+        for &g in &zero_grains {
+            keys.push((
+                layout::grain_key((g - first_grain) as u32),
+                Bytes::from_static(GRAIN_ZERO),
+            ));
+        }
+        actions.push(Action::OmapSet(keys));
+        let head = self.ensure_touched(o).await?;
+        let name = layout::data_object(&self.inner.id, o, head);
+        self.inner
+            .backend
+            .operate(
+                &name,
+                WriteOp {
+                    guards: vec![],
+                    actions,
+                },
+            )
+            .await
+            .map_err(|e| e.context(format!("writing {name}")))?;
+        self.note_written(o, head, &data_grains, &zero_grains);
+        Ok(())
+    }
+
+    /// Reads the partial first and last grains of a span for a read-modify-write.
+    async fn fill_edges(
+        &self,
+        buf: &mut BytesMut,
+        span_start: u64,
+        poff: u64,
+        plen: u64,
+    ) -> Result<()> {
+        let gs = self.inner.geo.grain_size;
+        let size = self.size();
+        let span_end = span_start + buf.len() as u64;
+        let mut edges = Vec::new();
+        if poff > span_start {
+            edges.push(span_start);
+        }
+        if poff + plen < span_end && (edges.is_empty() || span_end - gs != span_start) {
+            edges.push(span_end - gs);
+        }
+        for g_off in edges {
+            let readable = gs.min(size.saturating_sub(g_off));
+            if readable == 0 {
+                continue;
+            }
+            let old = self.read_unlocked(g_off, readable).await?;
+            let at = (g_off - span_start) as usize;
+            buf[at..at + old.len()].copy_from_slice(&old);
+        }
+        Ok(())
+    }
+
+    /// Records the first write to object `o` in the open epoch in the header
+    /// (once per object and epoch), returning the open epoch.
+    async fn ensure_touched(&self, o: ObjectNo) -> Result<Epoch> {
+        let (cell, head, cookie) = {
+            let mut st = self.state();
+            let cell = st.touched.entry(o).or_default().clone();
+            (
+                cell,
+                st.header.head,
+                self.inner.cookie.clone().unwrap_or_default(),
+            )
+        };
+        cell.get_or_try_init(|| async {
+            let op = WriteOp::new()
+                .guard(Guard::XattrEquals(OWNER_XATTR.into(), Bytes::from(cookie)))
+                .omap_set1(layout::touch_key(head, o), Bytes::new());
+            self.inner
+                .backend
+                .operate(&layout::header_object(&self.inner.id), op)
+                .await
+                .map_err(|e| match e.kind() {
+                    ErrorKind::PreconditionFailed => self.poison(Error::new(
+                        ErrorKind::Fenced,
+                        "another client took ownership of the image",
+                    )),
+                    _ => e.context("registering a data object"),
+                })?;
+            let mut st = self.state();
+            if let Some(link) = st.chain.links.first_mut() {
+                Arc::make_mut(&mut link.delta).touched.insert(o.0);
+            }
+            Ok::<(), Error>(())
+        })
+        .await?;
+        Ok(head)
+    }
+
+    /// Updates the open epoch's delta and the cached resolution after a write.
+    fn note_written(&self, o: ObjectNo, head: Epoch, data: &[u64], zero: &[u64]) {
+        let geo = self.inner.geo;
+        let first = geo.first_grain(o);
+        let id = self.inner.id.clone();
+        let mut st = self.state();
+        if st.header.head != head {
+            return;
+        }
+        let src = st.chain.source_index(&id, head) + FIRST_SOURCE;
+        if let Some(link) = st.chain.links.first_mut() {
+            let d = Arc::make_mut(&mut link.delta);
+            for &g in data {
+                d.zero.remove(g);
+                d.data.insert(g);
+            }
+            for &g in zero {
+                d.data.remove(g);
+                d.zero.insert(g);
+            }
+        }
+        if let Some(cached) = st.cache.get_mut(&o) {
+            for &g in data {
+                cached[(g - first) as usize] = src;
+            }
+            for &g in zero {
+                cached[(g - first) as usize] = crate::lineage::ZERO;
+            }
+        }
+    }
+}

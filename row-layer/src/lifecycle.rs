@@ -1,0 +1,310 @@
+//! Image lifecycle beyond create/open: remove, clone, flatten, children and
+//! image-meta.
+
+use crate::backend::{Action, Guard, WriteOp};
+use crate::error::{Error, ErrorKind, Result};
+use crate::ids::{ImageId, ObjectNo, SnapId};
+use crate::image::Image;
+use crate::layout::{self, Geometry};
+use crate::records::{EpochState, ParentLink};
+use crate::store::{omap_all, read_epoch, read_header, Store};
+use bytes::Bytes;
+use futures::stream::{self, StreamExt, TryStreamExt};
+
+impl Store {
+    /// Removes an image with no snapshots, no clones and no owner.
+    pub async fn remove(&self, name: &str) -> Result<()> {
+        let id = self.image_id(name).await?;
+        let hdr = layout::header_object(&id);
+        let backend = self.backend().clone();
+        let header = match read_header(&*backend, &id).await {
+            Ok(h) => Some(h),
+            Err(e) if e.kind() == ErrorKind::NotFound => None,
+            Err(e) => return Err(e),
+        };
+        if let Some(h) = &header {
+            if !h.snapshots.is_empty() {
+                return Err(Error::busy(format!(
+                    "image {name} has snapshots - not removing"
+                )));
+            }
+            let owners = backend.lock_owners(&hdr, layout::OWNER_LOCK).await?;
+            if let Some(o) = owners.first() {
+                return Err(Error::busy(format!(
+                    "image {name} is still open by {} - not removing",
+                    o.client
+                )));
+            }
+            let mut marked = h.clone();
+            marked.removing = true;
+            backend
+                .operate(
+                    &hdr,
+                    WriteOp::new()
+                        .guard(Guard::Exists)
+                        .write_full(Bytes::from(marked.encode()?)),
+                )
+                .await?;
+            let data = backend.list(&layout::data_prefix(&id)).await?;
+            stream::iter(data)
+                .map(|oid| {
+                    let backend = backend.clone();
+                    async move { backend.operate(&oid, WriteOp::remove()).await }
+                })
+                .buffer_unordered(32)
+                .try_collect::<Vec<()>>()
+                .await?;
+            for e in h.epochs.keys().chain(h.garbage.iter()) {
+                backend
+                    .operate(&layout::epoch_object(&id, *e), WriteOp::remove())
+                    .await?;
+            }
+            if let Some(p) = &h.parent {
+                backend
+                    .operate(
+                        &layout::children_object(&p.image),
+                        WriteOp::new().action(Action::OmapRemove(vec![format!(
+                            "{:016x}.{}",
+                            p.snap.0, id
+                        )])),
+                    )
+                    .await
+                    .or_else(|e| {
+                        if e.kind() == ErrorKind::NotFound {
+                            Ok(())
+                        } else {
+                            Err(e)
+                        }
+                    })?;
+            }
+        }
+        backend.operate(&hdr, WriteOp::remove()).await?;
+        backend
+            .operate(&layout::children_object(&id), WriteOp::remove())
+            .await?;
+        backend
+            .operate(
+                layout::DIRECTORY,
+                WriteOp::new().action(Action::OmapRemove(vec![format!("name.{name}")])),
+            )
+            .await?;
+        backend
+            .operate(&layout::id_object(name), WriteOp::remove())
+            .await?;
+        Ok(())
+    }
+
+    /// Clones protected snapshot `parent@snap` as a new writable image `child`
+    /// (metadata only: unwritten grains read through to the parent).
+    pub async fn clone_image(&self, parent: &str, snap: &str, child: &str) -> Result<ImageId> {
+        let pid = self.image_id(parent).await?;
+        let ph = read_header(&**self.backend(), &pid).await?;
+        let s = ph
+            .snap(snap)
+            .ok_or_else(|| Error::not_found(format!("snapshot {parent}@{snap} does not exist")))?;
+        if !s.protected {
+            return Err(Error::invalid(format!(
+                "parent snapshot {parent}@{snap} must be protected"
+            )));
+        }
+        let geo = Geometry::new(ph.object_size, ph.grain_size)?;
+        let link = ParentLink {
+            image: pid.clone(),
+            snap: s.id,
+            epoch: s.epoch,
+            overlap: s.size,
+        };
+        let cid = self.create_child(child, s.size, geo, link).await?;
+        self.backend()
+            .operate(
+                &layout::children_object(&pid),
+                WriteOp::new().omap_set1(
+                    format!("{:016x}.{}", s.id.0, cid),
+                    Bytes::from(child.to_string()),
+                ),
+            )
+            .await?;
+        Ok(cid)
+    }
+
+    /// Clones of snapshot `snap` of `name`: (child id, child name).
+    pub async fn children(&self, name: &str, snap: Option<&str>) -> Result<Vec<(ImageId, String)>> {
+        let id = self.image_id(name).await?;
+        let prefix = match snap {
+            Some(s) => {
+                let h = read_header(&**self.backend(), &id).await?;
+                let sid: SnapId = h.snap(s).map(|r| r.id).ok_or_else(|| {
+                    Error::not_found(format!("snapshot {name}@{s} does not exist"))
+                })?;
+                format!("{:016x}.", sid.0)
+            }
+            None => String::new(),
+        };
+        let kvs = match omap_all(&**self.backend(), &layout::children_object(&id), &prefix).await {
+            Ok(v) => v,
+            Err(e) if e.kind() == ErrorKind::NotFound => Vec::new(),
+            Err(e) => return Err(e),
+        };
+        Ok(kvs
+            .into_iter()
+            .map(|(k, v)| {
+                let cid = k.split('.').nth(1).unwrap_or_default().to_string();
+                (ImageId(cid), String::from_utf8_lossy(&v).into_owned())
+            })
+            .collect())
+    }
+
+    /// Reads image-meta `key`.
+    pub async fn meta_get(&self, name: &str, key: &str) -> Result<Option<String>> {
+        let id = self.image_id(name).await?;
+        let kvs = omap_all(
+            &**self.backend(),
+            &layout::header_object(&id),
+            &layout::meta_key(key),
+        )
+        .await?;
+        Ok(kvs
+            .into_iter()
+            .find(|(k, _)| *k == layout::meta_key(key))
+            .map(|(_, v)| String::from_utf8_lossy(&v).into_owned()))
+    }
+
+    /// Sets image-meta `key`.
+    pub async fn meta_set(&self, name: &str, key: &str, value: &str) -> Result<()> {
+        if key.is_empty() {
+            return Err(Error::invalid("image-meta key must not be empty"));
+        }
+        let id = self.image_id(name).await?;
+        self.backend()
+            .operate(
+                &layout::header_object(&id),
+                WriteOp::new()
+                    .guard(Guard::Exists)
+                    .omap_set1(layout::meta_key(key), Bytes::from(value.to_string())),
+            )
+            .await
+    }
+
+    /// Removes image-meta `key` (`NotFound` if absent).
+    pub async fn meta_remove(&self, name: &str, key: &str) -> Result<()> {
+        if self.meta_get(name, key).await?.is_none() {
+            return Err(Error::not_found(format!(
+                "image-meta key {key} does not exist"
+            )));
+        }
+        let id = self.image_id(name).await?;
+        self.backend()
+            .operate(
+                &layout::header_object(&id),
+                WriteOp::new().action(Action::OmapRemove(vec![layout::meta_key(key)])),
+            )
+            .await
+    }
+
+    /// All image-meta entries, sorted by key.
+    pub async fn meta_list(&self, name: &str) -> Result<Vec<(String, String)>> {
+        let id = self.image_id(name).await?;
+        let kvs = omap_all(&**self.backend(), &layout::header_object(&id), "meta.").await?;
+        Ok(kvs
+            .into_iter()
+            .map(|(k, v)| {
+                (
+                    k.trim_start_matches("meta.").to_string(),
+                    String::from_utf8_lossy(&v).into_owned(),
+                )
+            })
+            .collect())
+    }
+}
+
+impl Image {
+    /// Copies every grain the clone still reads from its parent into the
+    /// clone, then detaches it from the parent. Cost: the parent data it reads.
+    pub async fn flatten(&self) -> Result<()> {
+        self.check_writable()?;
+        let Some(parent) = self.header().parent else {
+            return Err(Error::invalid("image is not a clone"));
+        };
+        let geo = self.geometry();
+        let gs = geo.grain_size;
+        let objects = self.size().div_ceil(geo.object_size);
+        for o in 0..objects {
+            let first = geo.first_grain(ObjectNo(o));
+            let end = (first + u64::from(geo.grains_per_object())).min(geo.grains_for(self.size()));
+            let (locs, sources) = self.locs(ObjectNo(o), first, end);
+            let mut g = 0usize;
+            while g < locs.len() {
+                let from_parent = |l: u32| {
+                    l >= crate::lineage::FIRST_SOURCE
+                        && sources[(l - crate::lineage::FIRST_SOURCE) as usize].0 != *self.id()
+                };
+                if !from_parent(locs[g]) {
+                    g += 1;
+                    continue;
+                }
+                let start = g;
+                while g < locs.len() && from_parent(locs[g]) {
+                    g += 1;
+                }
+                let off = (first + start as u64) * gs;
+                let len = ((g - start) as u64 * gs).min(self.size() - off);
+                let data = self.read(off, len).await?;
+                self.write(off, data).await?;
+            }
+        }
+        let _gate = self.inner.gate.write().await;
+        self.inner.backend.flush().await?;
+        let mut header = self.header();
+        header.parent = None;
+        self.commit_header(&header, vec![]).await?;
+        self.inner.backend.flush().await?;
+        {
+            let mut st = self.state();
+            st.parent_links.clear();
+            let head_delta = st.chain.links.first().map(|l| l.delta.clone());
+            let chain = std::mem::take(&mut st.chain);
+            st.chain = crate::store::build_chain(
+                &header,
+                &st.deltas,
+                head_delta,
+                header.head,
+                &[],
+                chain,
+            )?;
+            st.cache.clear();
+            st.header = header;
+        }
+        self.inner
+            .backend
+            .operate(
+                &layout::children_object(&parent.image),
+                WriteOp::new().action(Action::OmapRemove(vec![format!(
+                    "{:016x}.{}",
+                    parent.snap.0,
+                    self.id()
+                )])),
+            )
+            .await
+            .or_else(|e| {
+                if e.kind() == ErrorKind::NotFound {
+                    Ok(())
+                } else {
+                    Err(e)
+                }
+            })
+    }
+}
+
+/// Checks that every sealed epoch of `name` has a readable record (for fsck).
+pub async fn verify_records(store: &Store, name: &str) -> Result<usize> {
+    let id = store.image_id(name).await?;
+    let h = read_header(&**store.backend(), &id).await?;
+    let mut n = 0;
+    for (e, m) in &h.epochs {
+        if m.state == EpochState::Sealed {
+            read_epoch(&**store.backend(), &id, *e).await?;
+            n += 1;
+        }
+    }
+    Ok(n)
+}

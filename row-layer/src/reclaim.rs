@@ -1,0 +1,326 @@
+//! The reclaimer: frees data that no snapshot, bookmark or head can see.
+//!
+//! It runs in the owner after every transition that can create garbage
+//! (snapshot create/remove, rollback, shrink) and at open, with the gate held
+//! exclusively. Three steps, each re-checked against the committed header
+//! before anything is deleted (the header is re-read from the store, so a
+//! stale plan can never delete what a newer header still needs):
+//! 1. epochs that no pinned epoch (head, snapshot, bookmark) descends from are
+//!    moved to the header's garbage list;
+//! 2. garbage epochs lose their data objects, touch keys and records;
+//! 3. a hidden epoch (sealed, no snapshot) with exactly one child loses the
+//!    grains that child rewrote: nobody can resolve to them any more. When
+//!    such an epoch has nothing left it is spliced out of the lineage.
+//!
+//! Before step 3 the backend is flushed, so a child's rewrite is durable
+//! before the grain it hides is punched.
+
+use crate::backend::{Action, WriteOp};
+use crate::error::{Error, ErrorKind, Result};
+use crate::ids::{Epoch, ObjectNo};
+use crate::image::Image;
+use crate::layout;
+use crate::records::{EpochDelta, EpochState, HeaderRecord};
+use crate::store::{build_chain, omap_all, read_epoch, read_header};
+use bytes::Bytes;
+use futures::stream::{self, StreamExt, TryStreamExt};
+use roaring::RoaringTreemap;
+use std::collections::BTreeSet;
+use std::sync::Arc;
+
+const DELETE_PARALLELISM: usize = 32;
+
+/// Epochs some pinned epoch descends from (pinned ones included).
+pub(crate) fn reachable(h: &HeaderRecord) -> BTreeSet<Epoch> {
+    let mut out = BTreeSet::new();
+    let pinned = std::iter::once(h.head)
+        .chain(h.snapshots.iter().map(|s| s.epoch))
+        .chain(h.bookmarks.iter().map(|b| b.epoch));
+    for p in pinned {
+        let mut cur = Some(p);
+        while let Some(e) = cur {
+            if !out.insert(e) {
+                break;
+            }
+            cur = h.epochs.get(&e).and_then(|m| m.parent);
+        }
+    }
+    out
+}
+
+impl Image {
+    /// Runs the reclaimer (takes the gate).
+    pub async fn reclaim(&self) -> Result<()> {
+        if self.is_read_only() {
+            return Ok(());
+        }
+        let _gate = self.inner.gate.write().await;
+        self.reclaim_locked().await
+    }
+
+    /// Runs the reclaimer; the caller holds the gate exclusively.
+    pub(crate) async fn reclaim_locked(&self) -> Result<()> {
+        self.check_writable()?;
+        self.collect_unreachable().await?;
+        self.delete_garbage().await?;
+        self.trim_hidden().await
+    }
+
+    async fn collect_unreachable(&self) -> Result<()> {
+        let mut header = self.header();
+        let live = reachable(&header);
+        let dead: Vec<Epoch> = header
+            .epochs
+            .keys()
+            .filter(|e| !live.contains(e))
+            .copied()
+            .collect();
+        if dead.is_empty() {
+            return Ok(());
+        }
+        for e in &dead {
+            header.epochs.remove(e);
+            header.garbage.push(*e);
+        }
+        self.commit_header(&header, vec![]).await?;
+        self.state().header = header;
+        Ok(())
+    }
+
+    async fn delete_garbage(&self) -> Result<()> {
+        let backend = self.inner.backend.clone();
+        let id = self.inner.id.clone();
+        let hdr_oid = layout::header_object(&id);
+        loop {
+            let Some(g) = self.header().garbage.first().copied() else {
+                return Ok(());
+            };
+            // Re-check against the committed header before deleting anything.
+            let committed = read_header(&*backend, &id).await?;
+            if !committed.garbage.contains(&g) || committed.epochs.contains_key(&g) {
+                return Err(self.poison(Error::corrupt(format!(
+                    "reclaimer plan for epoch {g} disagrees with the committed header"
+                ))));
+            }
+            let mut objects = RoaringTreemap::new();
+            match read_epoch(&*backend, &id, g).await {
+                Ok(d) => objects |= &d.touched,
+                Err(e) if e.kind() == ErrorKind::Corrupt => {
+                    // Never sealed (a discarded head): the touch keys name its objects.
+                }
+                Err(e) => return Err(e),
+            }
+            let touch = omap_all(&*backend, &hdr_oid, &layout::touch_prefix(g)).await?;
+            let mut keys = Vec::with_capacity(touch.len());
+            for (k, _) in touch {
+                let (_, o) = layout::parse_touch_key(&k)?;
+                objects.insert(o.0);
+                keys.push(k);
+            }
+            stream::iter(objects.iter())
+                .map(|o| {
+                    let backend = backend.clone();
+                    let oid = layout::data_object(&id, ObjectNo(o), g);
+                    async move { backend.operate(&oid, WriteOp::remove()).await }
+                })
+                .buffer_unordered(DELETE_PARALLELISM)
+                .try_collect::<Vec<()>>()
+                .await?;
+            backend
+                .operate(&layout::epoch_object(&id, g), WriteOp::remove())
+                .await?;
+            let mut header = self.header();
+            header.garbage.retain(|e| *e != g);
+            self.commit_header(&header, vec![Action::OmapRemove(keys)])
+                .await?;
+            self.state().header = header;
+        }
+    }
+
+    fn delta_of(&self, e: Epoch) -> Option<Arc<EpochDelta>> {
+        let st = self.state();
+        if e == st.header.head {
+            return st.chain.links.first().map(|l| l.delta.clone());
+        }
+        st.deltas.get(&e).cloned()
+    }
+
+    async fn trim_hidden(&self) -> Result<()> {
+        let header = self.header();
+        let pinned: BTreeSet<Epoch> = header.snapshots.iter().map(|s| s.epoch).collect();
+        let hidden: Vec<Epoch> = header
+            .epochs
+            .iter()
+            .filter(|(e, m)| m.state == EpochState::Sealed && !pinned.contains(e))
+            .map(|(e, _)| *e)
+            .collect();
+        if hidden.is_empty() {
+            return Ok(());
+        }
+        // A child's rewrite must be durable before the grain it hides goes.
+        self.inner.backend.flush().await?;
+        for e in hidden {
+            let header = self.header();
+            let children: Vec<Epoch> = header
+                .epochs
+                .iter()
+                .filter(|(_, m)| m.parent == Some(e))
+                .map(|(c, _)| *c)
+                .collect();
+            let [child] = children[..] else { continue };
+            let (Some(ed), Some(cd)) = (self.delta_of(e), self.delta_of(child)) else {
+                continue;
+            };
+            let mut covered = cd.data.clone();
+            covered |= &cd.zero;
+            let bookmarked = header.bookmarks.iter().any(|b| b.epoch == e);
+            let mut mine = &ed.data - &ed.reclaimed;
+            if !bookmarked {
+                mine |= &ed.zero;
+            }
+            let superseded = &mine & &covered;
+            let mut trimmed = (*ed).clone();
+            if !superseded.is_empty() {
+                trimmed = self.punch(e, &ed, &superseded, bookmarked).await?;
+            }
+            if !bookmarked && trimmed.data.is_empty() && trimmed.zero.is_empty() {
+                self.splice(e, child).await?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Punches `superseded` grains out of hidden epoch `e`, rewriting its record.
+    /// A bookmarked epoch keeps its delta (diffs from the bookmark need it)
+    /// and records the freed grains in `reclaimed` instead.
+    async fn punch(
+        &self,
+        e: Epoch,
+        ed: &EpochDelta,
+        superseded: &RoaringTreemap,
+        keep_delta: bool,
+    ) -> Result<EpochDelta> {
+        let geo = self.inner.geo;
+        let gs = geo.grain_size;
+        let gpo = u64::from(geo.grains_per_object());
+        let id = self.inner.id.clone();
+        let backend = self.inner.backend.clone();
+        let mut trimmed = ed.clone();
+        trimmed.data -= superseded;
+        trimmed.data -= &ed.reclaimed;
+        trimmed.zero -= superseded;
+        let gone_data = &ed.data & superseded;
+        let mut ops = Vec::new();
+        for o in ed.touched.iter() {
+            let first = o * gpo;
+            let remaining = trimmed.data.range_cardinality(first..first + gpo);
+            let oid = layout::data_object(&id, ObjectNo(o), e);
+            if remaining == 0 {
+                trimmed.touched.remove(o);
+                ops.push((oid, WriteOp::remove()));
+                continue;
+            }
+            let mut it = gone_data.iter();
+            it.advance_to(first);
+            let gone: Vec<u64> = it.take_while(|g| *g < first + gpo).collect();
+            if gone.is_empty() {
+                continue;
+            }
+            let mut op = WriteOp::new();
+            let mut keys = Vec::with_capacity(gone.len());
+            let mut i = 0;
+            while i < gone.len() {
+                let mut j = i + 1;
+                while j < gone.len() && gone[j] == gone[j - 1] + 1 {
+                    j += 1;
+                }
+                op = op.action(Action::Zero {
+                    offset: (gone[i] - first) * gs,
+                    len: (j - i) as u64 * gs,
+                });
+                i = j;
+            }
+            for g in gone {
+                keys.push(layout::grain_key((g - first) as u32));
+            }
+            ops.push((oid, op.action(Action::OmapRemove(keys))));
+        }
+        stream::iter(ops)
+            .map(|(oid, op)| {
+                let backend = backend.clone();
+                async move {
+                    match backend.operate(&oid, op).await {
+                        Err(e) if e.kind() == ErrorKind::NotFound => Ok(()),
+                        r => r,
+                    }
+                }
+            })
+            .buffer_unordered(DELETE_PARALLELISM)
+            .try_collect::<Vec<()>>()
+            .await?;
+        if keep_delta {
+            let mut kept = ed.clone();
+            kept.reclaimed |= &gone_data;
+            kept.touched = trimmed.touched.clone();
+            trimmed = kept;
+        }
+        let parent = self.header().epochs.get(&e).and_then(|m| m.parent);
+        backend
+            .operate(
+                &layout::epoch_object(&id, e),
+                WriteOp::new().write_full(Bytes::from(trimmed.encode(&id, e, parent)?)),
+            )
+            .await?;
+        let trimmed_arc = Arc::new(trimmed.clone());
+        let mut st = self.state();
+        st.deltas.insert(e, trimmed_arc.clone());
+        let chain = &mut st.chain;
+        for l in &mut chain.links {
+            if chain.sources.get(l.source as usize) == Some(&(id.clone(), e)) {
+                l.delta = trimmed_arc.clone();
+            }
+        }
+        Ok(trimmed)
+    }
+
+    /// Removes empty hidden epoch `e` from the lineage: `child` inherits its parent.
+    async fn splice(&self, e: Epoch, child: Epoch) -> Result<()> {
+        let mut header = self.header();
+        let parent = header.epochs.get(&e).and_then(|m| m.parent);
+        if parent.is_none() && header.bookmarks.iter().any(|b| b.epoch == e) {
+            return Ok(()); // a bookmark at the root keeps its (empty) epoch
+        }
+        if let Some(m) = header.epochs.get_mut(&child) {
+            m.parent = parent;
+        }
+        header.epochs.remove(&e);
+        if let Some(p) = parent {
+            for b in &mut header.bookmarks {
+                if b.epoch == e {
+                    b.epoch = p;
+                }
+            }
+        }
+        self.commit_header(&header, vec![]).await?;
+        let _ = self
+            .inner
+            .backend
+            .operate(&layout::epoch_object(&self.inner.id, e), WriteOp::remove())
+            .await;
+        let mut st = self.state();
+        st.deltas.remove(&e);
+        let head_delta = st.chain.links.first().map(|l| l.delta.clone());
+        let chain = std::mem::take(&mut st.chain);
+        let parent_links = st.parent_links.clone();
+        st.chain = build_chain(
+            &header,
+            &st.deltas,
+            head_delta,
+            header.head,
+            &parent_links,
+            chain,
+        )?;
+        st.header = header;
+        Ok(())
+    }
+}

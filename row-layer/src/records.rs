@@ -1,0 +1,279 @@
+//! The persistent records of an image: header and sealed epochs.
+//!
+//! Both are postcard inside the versioned envelope (`envelope.rs`). The header
+//! is rewritten whole (one atomic `write_full`) at every metadata transition:
+//! that write is the commit point of snapshot create/remove/rollback, resize
+//! and clone. Epoch records are written before the header that makes them
+//! sealed, and never change afterwards except when the reclaimer drops
+//! superseded grains of hidden epochs.
+
+use crate::envelope::{self, RecordType};
+use crate::error::{Error, Result};
+use crate::ids::{Epoch, ImageId, SnapId};
+use roaring::RoaringTreemap;
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+
+/// Header record type.
+pub const HEADER: RecordType = RecordType {
+    magic: *b"RRHD",
+    current_version: 1,
+    oldest_readable: 1,
+};
+/// Epoch record type.
+pub const EPOCH: RecordType = RecordType {
+    magic: *b"RREP",
+    current_version: 1,
+    oldest_readable: 1,
+};
+
+/// Seconds and nanoseconds since the Unix epoch.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct Timestamp {
+    /// Whole seconds.
+    pub secs: u64,
+    /// Nanoseconds.
+    pub nanos: u32,
+}
+
+impl Timestamp {
+    /// The current wall-clock time.
+    pub fn now() -> Self {
+        let d = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap_or_default();
+        Timestamp {
+            secs: d.as_secs(),
+            nanos: d.subsec_nanos(),
+        }
+    }
+}
+
+/// One snapshot as the header records it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SnapRecord {
+    /// Never reused.
+    pub id: SnapId,
+    /// Unique among the image's snapshots.
+    pub name: String,
+    /// The sealed epoch this snapshot pins.
+    pub epoch: Epoch,
+    /// Image size when the snapshot was taken.
+    pub size: u64,
+    /// Creation time.
+    pub created: Timestamp,
+    /// Protected snapshots can be cloned and cannot be removed.
+    pub protected: bool,
+    /// For clones: the parent overlap when the snapshot was taken.
+    pub parent_overlap: Option<u64>,
+}
+
+/// A change-tracking bookmark: a snapshot's position kept after the snapshot
+/// itself was removed, so that diffs can still start from it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BookmarkRecord {
+    /// Unique among the image's bookmarks.
+    pub name: String,
+    /// The epoch the bookmarked snapshot sealed.
+    pub epoch: Epoch,
+    /// Image size at that snapshot.
+    pub size: u64,
+    /// When the bookmark was made.
+    pub created: Timestamp,
+}
+
+/// The parent of a clone.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ParentLink {
+    /// The parent image.
+    pub image: ImageId,
+    /// The parent snapshot.
+    pub snap: SnapId,
+    /// Its sealed epoch.
+    pub epoch: Epoch,
+    /// Bytes of the child that may read through to the parent.
+    pub overlap: u64,
+}
+
+/// Where an epoch stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum EpochState {
+    /// The head epoch: written in place.
+    Open,
+    /// Sealed: immutable, recorded in an epoch record.
+    Sealed,
+}
+
+/// Lineage of one live epoch.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EpochMeta {
+    /// The epoch this one continues from (None for the image's first epoch).
+    pub parent: Option<Epoch>,
+    /// Open or sealed.
+    pub state: EpochState,
+}
+
+/// The image header.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HeaderRecord {
+    /// Stable id.
+    pub id: ImageId,
+    /// Current name.
+    pub name: String,
+    /// Head size in bytes.
+    pub size: u64,
+    /// Bytes per object.
+    pub object_size: u64,
+    /// Bytes per grain.
+    pub grain_size: u64,
+    /// Creation time.
+    pub created: Timestamp,
+    /// The open epoch.
+    pub head: Epoch,
+    /// Next epoch number to hand out.
+    pub next_epoch: u64,
+    /// Next snapshot id to hand out.
+    pub next_snap: u64,
+    /// Every live epoch.
+    pub epochs: BTreeMap<Epoch, EpochMeta>,
+    /// Epochs whose data nobody can see any more, awaiting the reclaimer.
+    pub garbage: Vec<Epoch>,
+    /// Grains `[from, to)` were cut off (shrink) when the head epoch began.
+    pub head_truncated: Option<(u64, u64)>,
+    /// Snapshots, oldest first.
+    pub snapshots: Vec<SnapRecord>,
+    /// Bookmarks (diff bases without data).
+    pub bookmarks: Vec<BookmarkRecord>,
+    /// Set for clones.
+    pub parent: Option<ParentLink>,
+    /// Set while `remove` is deleting the image.
+    pub removing: bool,
+}
+
+impl HeaderRecord {
+    /// Encodes as an enveloped record.
+    pub fn encode(&self) -> Result<Vec<u8>> {
+        envelope::encode(HEADER, self)
+    }
+    /// Decodes and sanity-checks an enveloped record.
+    pub fn decode(bytes: &[u8]) -> Result<Self> {
+        let h: HeaderRecord = envelope::decode(HEADER, bytes)?;
+        crate::layout::Geometry::new(h.object_size, h.grain_size)
+            .map_err(|e| Error::corrupt(format!("header of {}: {}", h.id, e.message())))?;
+        match h.epochs.get(&h.head) {
+            Some(m) if m.state == EpochState::Open => {}
+            _ => {
+                return Err(Error::corrupt(format!(
+                    "header of {}: head epoch {} is not an open epoch",
+                    h.id, h.head
+                )))
+            }
+        }
+        for s in &h.snapshots {
+            if !h.epochs.contains_key(&s.epoch) {
+                return Err(Error::corrupt(format!(
+                    "header of {}: snapshot {} pins unknown epoch {}",
+                    h.id, s.name, s.epoch
+                )));
+            }
+        }
+        for (e, m) in &h.epochs {
+            if let Some(p) = m.parent {
+                if p >= *e || !h.epochs.contains_key(&p) {
+                    return Err(Error::corrupt(format!(
+                        "header of {}: epoch {e} has invalid parent {p}",
+                        h.id
+                    )));
+                }
+            }
+        }
+        Ok(h)
+    }
+    /// Snapshot by name.
+    pub fn snap(&self, name: &str) -> Option<&SnapRecord> {
+        self.snapshots.iter().find(|s| s.name == name)
+    }
+}
+
+/// What one sealed epoch changed, as grain bitmaps over the whole image.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct EpochDelta {
+    /// Logical objects that have a data object in this epoch.
+    pub touched: RoaringTreemap,
+    /// Grains whose data this epoch stores.
+    pub data: RoaringTreemap,
+    /// Grains this epoch made read as zeros (discard, write-zeroes, shrink).
+    pub zero: RoaringTreemap,
+    /// Data grains the reclaimer already freed while keeping them in `data`
+    /// (only for bookmarked epochs, whose delta diffs still need).
+    pub reclaimed: RoaringTreemap,
+}
+
+#[derive(Serialize, Deserialize)]
+struct EpochWire {
+    image: ImageId,
+    epoch: Epoch,
+    parent: Option<Epoch>,
+    touched: Vec<u8>,
+    data: Vec<u8>,
+    zero: Vec<u8>,
+    reclaimed: Vec<u8>,
+}
+
+fn bitmap_bytes(b: &RoaringTreemap) -> Result<Vec<u8>> {
+    let mut out = Vec::with_capacity(b.serialized_size());
+    b.serialize_into(&mut out)
+        .map_err(|e| Error::invalid(format!("bitmap encode: {e}")))?;
+    Ok(out)
+}
+
+fn bitmap_from(bytes: &[u8], what: &str) -> Result<RoaringTreemap> {
+    RoaringTreemap::deserialize_from(bytes)
+        .map_err(|e| Error::corrupt(format!("{what} bitmap does not decode: {e}")))
+}
+
+impl EpochDelta {
+    /// Encodes the record of `epoch` of `image`.
+    pub fn encode(&self, image: &ImageId, epoch: Epoch, parent: Option<Epoch>) -> Result<Vec<u8>> {
+        let mut data = self.data.clone();
+        let mut zero = self.zero.clone();
+        let mut touched = self.touched.clone();
+        data.optimize();
+        zero.optimize();
+        touched.optimize();
+        envelope::encode(
+            EPOCH,
+            &EpochWire {
+                image: image.clone(),
+                epoch,
+                parent,
+                touched: bitmap_bytes(&touched)?,
+                data: bitmap_bytes(&data)?,
+                zero: bitmap_bytes(&zero)?,
+                reclaimed: bitmap_bytes(&self.reclaimed)?,
+            },
+        )
+    }
+    /// Decodes the record of `epoch` of `image`, checking that it is that one.
+    pub fn decode(bytes: &[u8], image: &ImageId, epoch: Epoch) -> Result<Self> {
+        let w: EpochWire = envelope::decode(EPOCH, bytes)?;
+        if &w.image != image || w.epoch != epoch {
+            return Err(Error::corrupt(format!(
+                "epoch record for {}/{} found where {image}/{epoch} was expected",
+                w.image, w.epoch
+            )));
+        }
+        let d = EpochDelta {
+            touched: bitmap_from(&w.touched, "touched")?,
+            data: bitmap_from(&w.data, "data")?,
+            zero: bitmap_from(&w.zero, "zero")?,
+            reclaimed: bitmap_from(&w.reclaimed, "reclaimed")?,
+        };
+        if !d.data.is_disjoint(&d.zero) {
+            return Err(Error::corrupt(format!(
+                "epoch record {image}/{epoch}: a grain is both data and zero"
+            )));
+        }
+        Ok(d)
+    }
+}

@@ -1,0 +1,587 @@
+//! A pool of images: create, open, list, rename, remove, clone, image-meta.
+//!
+//! A [`Store`] is the entry point of the library, over one backend instance
+//! (one RADOS pool and namespace, or one local directory).
+
+use crate::backend::{Action, Backend, Guard, WriteOp};
+use crate::error::{Error, ErrorKind, Result};
+use crate::ids::{Epoch, ImageId, ObjectNo};
+use crate::image::{Image, ImageOptions, Inner, State, View, GRAIN_DATA, GRAIN_ZERO, OWNER_XATTR};
+use crate::layout::{self, Geometry};
+use crate::lineage::{Chain, Link};
+use crate::range_lock::RangeLock;
+use crate::records::{EpochDelta, EpochMeta, EpochState, HeaderRecord, ParentLink, Timestamp};
+use bytes::Bytes;
+use futures::stream::{self, StreamExt, TryStreamExt};
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, Mutex};
+
+/// How many metadata reads open issues at once.
+const OPEN_PARALLELISM: usize = 32;
+/// Omap entries per request (the OSD returns at most 1024).
+pub(crate) const OMAP_PAGE: usize = 1024;
+
+/// Options for [`Store::create`].
+#[derive(Debug, Clone, Copy)]
+pub struct CreateOptions {
+    /// Size in bytes.
+    pub size: u64,
+    /// Bytes per object (default 4 MiB).
+    pub object_size: u64,
+    /// Bytes per grain, the unit of the map and of diffs (default 4 KiB).
+    pub grain_size: u64,
+}
+
+impl CreateOptions {
+    /// Defaults with the given size.
+    pub fn with_size(size: u64) -> Self {
+        CreateOptions {
+            size,
+            object_size: 4 << 20,
+            grain_size: 4096,
+        }
+    }
+}
+
+/// An entry of [`Store::list`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ImageEntry {
+    /// Image name.
+    pub name: String,
+    /// Image id.
+    pub id: ImageId,
+}
+
+/// Images in one backend namespace.
+#[derive(Clone)]
+pub struct Store {
+    backend: Arc<dyn Backend>,
+    options: ImageOptions,
+}
+
+pub(crate) async fn read_all(backend: &dyn Backend, oid: &str) -> Result<Bytes> {
+    let st = backend.stat(oid).await?;
+    let bytes = backend.read(oid, 0, st.size).await?;
+    if bytes.len() as u64 != st.size {
+        return Err(Error::corrupt(format!(
+            "{oid}: read {} of {} bytes",
+            bytes.len(),
+            st.size
+        )));
+    }
+    Ok(bytes)
+}
+
+/// All omap entries of `oid` under `prefix` (paged).
+pub(crate) async fn omap_all(
+    backend: &dyn Backend,
+    oid: &str,
+    prefix: &str,
+) -> Result<Vec<(String, Bytes)>> {
+    let mut out = Vec::new();
+    let mut after = String::new();
+    loop {
+        let page = backend.omap_get(oid, &after, prefix, OMAP_PAGE).await?;
+        let Some((last, _)) = page.last() else { break };
+        after = last.clone();
+        let n = page.len();
+        out.extend(page);
+        if n < OMAP_PAGE {
+            break;
+        }
+    }
+    Ok(out)
+}
+
+pub(crate) async fn read_header(backend: &dyn Backend, id: &ImageId) -> Result<HeaderRecord> {
+    let oid = layout::header_object(id);
+    let bytes = read_all(backend, &oid)
+        .await
+        .map_err(|e| e.context(format!("reading header of image {id}")))?;
+    HeaderRecord::decode(&bytes)
+}
+
+pub(crate) async fn read_epoch(
+    backend: &dyn Backend,
+    id: &ImageId,
+    e: Epoch,
+) -> Result<EpochDelta> {
+    let oid = layout::epoch_object(id, e);
+    let bytes = read_all(backend, &oid).await.map_err(|err| {
+        if err.kind() == ErrorKind::NotFound {
+            Error::corrupt(format!("epoch record {oid} of a sealed epoch is missing"))
+        } else {
+            err
+        }
+    })?;
+    EpochDelta::decode(&bytes, id, e)
+}
+
+/// Path of epochs from `start` to the root of the image's own lineage.
+pub(crate) fn path(h: &HeaderRecord, start: Epoch) -> Vec<Epoch> {
+    let mut out = Vec::new();
+    let mut cur = Some(start);
+    while let Some(e) = cur {
+        out.push(e);
+        cur = h.epochs.get(&e).and_then(|m| m.parent);
+    }
+    out
+}
+
+/// Rebuilds the open epoch's delta from the grain-state omaps of its objects.
+pub(crate) async fn recover_open_epoch(
+    backend: &dyn Backend,
+    h: &HeaderRecord,
+    geo: &Geometry,
+) -> Result<EpochDelta> {
+    let hdr = layout::header_object(&h.id);
+    let touch = omap_all(backend, &hdr, &layout::touch_prefix(h.head)).await?;
+    let mut objects = Vec::with_capacity(touch.len());
+    for (k, _) in &touch {
+        let (e, o) = layout::parse_touch_key(k)?;
+        if e == h.head {
+            objects.push(o);
+        }
+    }
+    let mut delta = EpochDelta::default();
+    if let Some((from, to)) = h.head_truncated {
+        if from < to {
+            delta.zero.insert_range(from..to);
+        }
+    }
+    let gpo = geo.grains_per_object();
+    let states: Vec<(ObjectNo, Vec<(String, Bytes)>)> = stream::iter(objects)
+        .map(|o| async move {
+            let oid = layout::data_object(&h.id, o, h.head);
+            match omap_all(backend, &oid, "").await {
+                Ok(kv) => Ok((o, kv)),
+                Err(e) if e.kind() == ErrorKind::NotFound => Ok((o, Vec::new())),
+                Err(e) => Err(e.context(format!("recovering {oid}"))),
+            }
+        })
+        .buffer_unordered(OPEN_PARALLELISM)
+        .try_collect()
+        .await?;
+    for (o, kvs) in states {
+        delta.touched.insert(o.0);
+        let first = geo.first_grain(o);
+        for (k, v) in kvs {
+            let g = first + u64::from(layout::parse_grain_key(&k, gpo)?);
+            if v.as_ref() == GRAIN_DATA {
+                delta.zero.remove(g);
+                delta.data.insert(g);
+            } else if v.as_ref() == GRAIN_ZERO {
+                delta.data.remove(g);
+                delta.zero.insert(g);
+            } else {
+                return Err(Error::corrupt(format!(
+                    "grain state {v:?} for key {k} of object {} is neither D nor Z",
+                    o.0
+                )));
+            }
+        }
+    }
+    Ok(delta)
+}
+
+/// Links into the parent images of a clone, newest first.
+pub(crate) async fn parent_links(
+    backend: &dyn Backend,
+    mut parent: Option<ParentLink>,
+    geo: &Geometry,
+    chain: &mut Chain,
+) -> Result<Vec<Link>> {
+    let mut links = Vec::new();
+    let mut limit = u64::MAX;
+    let mut depth = 0;
+    while let Some(p) = parent {
+        depth += 1;
+        if depth > 64 {
+            return Err(Error::corrupt("clone chain deeper than 64 (loop?)"));
+        }
+        let ph = read_header(backend, &p.image)
+            .await
+            .map_err(|e| e.context("opening the parent of a clone"))?;
+        if ph.object_size != geo.object_size || ph.grain_size != geo.grain_size {
+            return Err(Error::corrupt(format!(
+                "parent {} has a different geometry than its clone",
+                p.image
+            )));
+        }
+        limit = limit.min(geo.grains_for(p.overlap));
+        for e in path(&ph, p.epoch) {
+            let delta = Arc::new(read_epoch(backend, &ph.id, e).await?);
+            let source = chain.source_index(&ph.id, e);
+            links.push(Link {
+                source,
+                delta,
+                limit,
+            });
+        }
+        // The grandparent is seen with the overlap the snapshot had.
+        let snap_overlap = ph
+            .snapshots
+            .iter()
+            .find(|s| s.id == p.snap)
+            .and_then(|s| s.parent_overlap);
+        parent = ph.parent.clone().map(|mut pp| {
+            pp.overlap = snap_overlap.unwrap_or(pp.overlap);
+            pp
+        });
+    }
+    Ok(links)
+}
+
+/// Builds the chain of the view starting at `start`.
+pub(crate) fn build_chain(
+    h: &HeaderRecord,
+    deltas: &HashMap<Epoch, Arc<EpochDelta>>,
+    head_delta: Option<Arc<EpochDelta>>,
+    start: Epoch,
+    parent_links: &[Link],
+    mut chain: Chain,
+) -> Result<Chain> {
+    chain.links.clear();
+    for e in path(h, start) {
+        let delta = if e == h.head {
+            head_delta
+                .clone()
+                .ok_or_else(|| Error::corrupt("head epoch delta missing"))?
+        } else {
+            deltas
+                .get(&e)
+                .cloned()
+                .ok_or_else(|| Error::corrupt(format!("epoch {e} record not loaded")))?
+        };
+        let source = chain.source_index(&h.id, e);
+        chain.links.push(Link {
+            source,
+            delta,
+            limit: u64::MAX,
+        });
+    }
+    chain.links.extend(parent_links.iter().cloned());
+    Ok(chain)
+}
+
+impl Store {
+    /// A store over `backend`.
+    pub fn new(backend: Arc<dyn Backend>) -> Self {
+        Store {
+            backend,
+            options: ImageOptions::default(),
+        }
+    }
+
+    /// Handle options for images opened from this store.
+    pub fn with_image_options(mut self, options: ImageOptions) -> Self {
+        self.options = options;
+        self
+    }
+
+    /// The backend.
+    pub fn backend(&self) -> &Arc<dyn Backend> {
+        &self.backend
+    }
+
+    /// The id of the image called `name`.
+    pub async fn image_id(&self, name: &str) -> Result<ImageId> {
+        layout::validate_name("image", name)?;
+        let bytes = match read_all(&*self.backend, &layout::id_object(name)).await {
+            Ok(b) => b,
+            Err(e) if e.kind() == ErrorKind::NotFound => {
+                return Err(Error::not_found(format!("image {name} does not exist")))
+            }
+            Err(e) => return Err(e),
+        };
+        let id = std::str::from_utf8(&bytes)
+            .ok()
+            .filter(|s| !s.is_empty() && s.bytes().all(|b| b.is_ascii_hexdigit()))
+            .ok_or_else(|| Error::corrupt(format!("id object of image {name} is malformed")))?;
+        Ok(ImageId(id.to_string()))
+    }
+
+    /// Creates an empty image.
+    pub async fn create(&self, name: &str, opts: CreateOptions) -> Result<ImageId> {
+        let geo = Geometry::new(opts.object_size, opts.grain_size)?;
+        self.create_with(name, opts.size, geo, None).await
+    }
+
+    pub(crate) async fn create_child(
+        &self,
+        name: &str,
+        size: u64,
+        geo: Geometry,
+        parent: ParentLink,
+    ) -> Result<ImageId> {
+        self.create_with(name, size, geo, Some(parent)).await
+    }
+
+    async fn create_with(
+        &self,
+        name: &str,
+        size: u64,
+        geo: Geometry,
+        parent: Option<ParentLink>,
+    ) -> Result<ImageId> {
+        layout::validate_name("image", name)?;
+        let id = ImageId(format!("{:016x}", rand::random::<u64>()));
+        let head = Epoch(1);
+        let mut epochs = BTreeMap::new();
+        epochs.insert(
+            head,
+            EpochMeta {
+                parent: None,
+                state: EpochState::Open,
+            },
+        );
+        let header = HeaderRecord {
+            id: id.clone(),
+            name: name.to_string(),
+            size,
+            object_size: geo.object_size,
+            grain_size: geo.grain_size,
+            created: Timestamp::now(),
+            head,
+            next_epoch: 2,
+            next_snap: 1,
+            epochs,
+            garbage: Vec::new(),
+            head_truncated: None,
+            snapshots: Vec::new(),
+            bookmarks: Vec::new(),
+            parent,
+            removing: false,
+        };
+        self.backend
+            .operate(
+                &layout::header_object(&id),
+                WriteOp::new()
+                    .guard(Guard::NotExists)
+                    .write_full(Bytes::from(header.encode()?)),
+            )
+            .await?;
+        let claimed = self
+            .backend
+            .operate(
+                &layout::id_object(name),
+                WriteOp::new()
+                    .guard(Guard::NotExists)
+                    .write_full(Bytes::from(id.0.clone().into_bytes())),
+            )
+            .await;
+        if let Err(e) = claimed {
+            let _ = self
+                .backend
+                .operate(&layout::header_object(&id), WriteOp::remove())
+                .await;
+            if e.kind() == ErrorKind::AlreadyExists {
+                return Err(Error::exists(format!("image {name} already exists")));
+            }
+            return Err(e);
+        }
+        self.backend
+            .operate(
+                layout::DIRECTORY,
+                WriteOp::new().omap_set1(format!("name.{name}"), Bytes::from(id.0.clone())),
+            )
+            .await?;
+        Ok(id)
+    }
+
+    /// Image names and ids, sorted by name.
+    pub async fn list(&self) -> Result<Vec<ImageEntry>> {
+        let kvs = match omap_all(&*self.backend, layout::DIRECTORY, "name.").await {
+            Ok(kvs) => kvs,
+            Err(e) if e.kind() == ErrorKind::NotFound => Vec::new(),
+            Err(e) => return Err(e),
+        };
+        let mut out = Vec::with_capacity(kvs.len());
+        for (k, v) in kvs {
+            let id = String::from_utf8(v.to_vec())
+                .map_err(|_| Error::corrupt(format!("directory entry {k} is not UTF-8")))?;
+            out.push(ImageEntry {
+                name: k.trim_start_matches("name.").to_string(),
+                id: ImageId(id),
+            });
+        }
+        Ok(out)
+    }
+
+    /// Opens the head of `name` for reading and writing, taking ownership.
+    pub async fn open(&self, name: &str) -> Result<Image> {
+        let id = self.image_id(name).await?;
+        let hdr = layout::header_object(&id);
+        let cookie = format!("{:016x}", rand::random::<u64>());
+        self.backend
+            .lock_exclusive(&hdr, layout::OWNER_LOCK, &cookie, "rbd-row owner")
+            .await
+            .map_err(|e| {
+                if e.kind() == ErrorKind::Busy {
+                    Error::busy(format!(
+                        "image {name} is owned by another client: {}",
+                        e.message()
+                    ))
+                } else {
+                    e
+                }
+            })?;
+        let opened = self.open_owned(name, &id, &cookie).await;
+        if opened.is_err() {
+            let _ = self.backend.unlock(&hdr, layout::OWNER_LOCK, &cookie).await;
+        }
+        opened
+    }
+
+    async fn open_owned(&self, name: &str, id: &ImageId, cookie: &str) -> Result<Image> {
+        let hdr = layout::header_object(id);
+        self.backend
+            .operate(
+                &hdr,
+                WriteOp::new().guard(Guard::Exists).action(Action::SetXattr(
+                    OWNER_XATTR.into(),
+                    Bytes::from(cookie.to_string()),
+                )),
+            )
+            .await
+            .map_err(|e| e.context(format!("opening image {name}")))?;
+        let header = read_header(&*self.backend, id).await?;
+        if header.removing {
+            return Err(Error::not_found(format!("image {name} is being removed")));
+        }
+        let geo = Geometry::new(header.object_size, header.grain_size)?;
+        let deltas = self.load_deltas(&header, None).await?;
+        let head_delta = Arc::new(recover_open_epoch(&*self.backend, &header, &geo).await?);
+        let mut chain = Chain::default();
+        let parent_links =
+            parent_links(&*self.backend, header.parent.clone(), &geo, &mut chain).await?;
+        let chain = build_chain(
+            &header,
+            &deltas,
+            Some(head_delta),
+            header.head,
+            &parent_links,
+            chain,
+        )?;
+        let size = header.size;
+        let image = self.assemble(
+            id.clone(),
+            geo,
+            View::Head,
+            Some(cookie.to_string()),
+            State {
+                header,
+                deltas,
+                chain,
+                parent_links,
+                touched: HashMap::new(),
+                cache: HashMap::new(),
+                size,
+            },
+        );
+        // Objects already registered in the open epoch need no new touch key.
+        {
+            let mut st = image.state();
+            let touched: Vec<u64> = st
+                .chain
+                .links
+                .first()
+                .map(|l| l.delta.touched.iter().collect())
+                .unwrap_or_default();
+            for o in touched {
+                st.touched.insert(
+                    ObjectNo(o),
+                    Arc::new(tokio::sync::OnceCell::new_with(Some(()))),
+                );
+            }
+        }
+        image.reclaim().await?;
+        Ok(image)
+    }
+
+    /// Opens snapshot `snap` of `name`, read-only, without taking ownership.
+    pub async fn open_snapshot(&self, name: &str, snap: &str) -> Result<Image> {
+        let id = self.image_id(name).await?;
+        let header = read_header(&*self.backend, &id).await?;
+        let s = header
+            .snap(snap)
+            .cloned()
+            .ok_or_else(|| Error::not_found(format!("snapshot {name}@{snap} does not exist")))?;
+        let geo = Geometry::new(header.object_size, header.grain_size)?;
+        let deltas = self.load_deltas(&header, None).await?;
+        let mut chain = Chain::default();
+        let link = header.parent.clone().map(|mut p| {
+            p.overlap = s.parent_overlap.unwrap_or(p.overlap);
+            p
+        });
+        let parent_links = parent_links(&*self.backend, link, &geo, &mut chain).await?;
+        let chain = build_chain(&header, &deltas, None, s.epoch, &parent_links, chain)?;
+        Ok(self.assemble(
+            id,
+            geo,
+            View::Snapshot {
+                id: s.id,
+                name: s.name.clone(),
+            },
+            None,
+            State {
+                header,
+                deltas,
+                chain,
+                parent_links,
+                touched: HashMap::new(),
+                cache: HashMap::new(),
+                size: s.size,
+            },
+        ))
+    }
+
+    fn assemble(
+        &self,
+        id: ImageId,
+        geo: Geometry,
+        view: View,
+        cookie: Option<String>,
+        state: State,
+    ) -> Image {
+        Image {
+            inner: Arc::new(Inner {
+                backend: self.backend.clone(),
+                id,
+                geo,
+                view,
+                cookie,
+                gate: tokio::sync::RwLock::new(()),
+                ranges: RangeLock::default(),
+                state: Mutex::new(state),
+                poisoned: Mutex::new(None),
+                options: self.options.clone(),
+            }),
+        }
+    }
+
+    /// Loads the records of the sealed epochs on the path of `only` (or all).
+    async fn load_deltas(
+        &self,
+        h: &HeaderRecord,
+        only: Option<Epoch>,
+    ) -> Result<HashMap<Epoch, Arc<EpochDelta>>> {
+        let wanted: Vec<Epoch> = match only {
+            Some(e) => path(h, e),
+            None => h
+                .epochs
+                .iter()
+                .filter(|(_, m)| m.state == EpochState::Sealed)
+                .map(|(e, _)| *e)
+                .collect(),
+        };
+        let backend = &*self.backend;
+        stream::iter(wanted)
+            .map(|e| async move {
+                Ok::<_, Error>((e, Arc::new(read_epoch(backend, &h.id, e).await?)))
+            })
+            .buffer_unordered(OPEN_PARALLELISM)
+            .try_collect()
+            .await
+    }
+}

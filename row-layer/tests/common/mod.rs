@@ -1,0 +1,55 @@
+//! Shared test support: the naive oracle and helpers.
+#![allow(dead_code, unreachable_pub)]
+
+use bytes::Bytes;
+use row_layer::{CreateOptions, Image};
+
+pub const OBJ: u64 = 64 * 1024;
+pub const GRAIN: u64 = 4096;
+
+pub fn small_opts(size: u64) -> CreateOptions {
+    CreateOptions {
+        size,
+        object_size: OBJ,
+        grain_size: GRAIN,
+    }
+}
+
+/// Deterministic pattern bytes for a write.
+pub fn pattern(seed: u64, len: usize) -> Bytes {
+    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    (0..len)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            (x >> 24) as u8
+        })
+        .collect::<Vec<u8>>()
+        .into()
+}
+
+pub async fn read_all(img: &Image) -> Vec<u8> {
+    let size = img.size();
+    img.read(0, size).await.expect("read whole image").to_vec()
+}
+
+/// Applies a diff (from `base` contents) and returns the reconstructed end point.
+pub fn apply_diff(
+    base: &[u8],
+    end_size: u64,
+    extents: &[row_layer::DiffExtent],
+    end: &[u8],
+) -> Vec<u8> {
+    let mut out = base.to_vec();
+    out.resize(end_size as usize, 0);
+    for e in extents {
+        let (a, b) = (e.offset as usize, (e.offset + e.length) as usize);
+        if e.exists {
+            out[a..b].copy_from_slice(&end[a..b]);
+        } else {
+            out[a..b].fill(0);
+        }
+    }
+    out
+}
