@@ -380,11 +380,59 @@ impl Image {
 
     /// Writes one object's piece of a request: one backend op.
     async fn write_piece(&self, o: ObjectNo, poff: u64, plen: u64, fill: Fill) -> Result<()> {
+        let gs = self.inner.geo.grain_size;
+        let _range = self
+            .inner
+            .ranges
+            .lock(poff / gs, (poff + plen).div_ceil(gs))
+            .await;
+        self.write_piece_locked(o, poff, plen, fill).await
+    }
+
+    /// Copies grains `[g0, g1)` of object `o` that still read through to a
+    /// parent image into this image (flatten), under the range lock so a
+    /// concurrent client write is never overwritten with parent data.
+    pub(crate) async fn copy_up(&self, o: ObjectNo, g0: u64, g1: u64) -> Result<()> {
+        let gs = self.inner.geo.grain_size;
+        let _gate = self.inner.gate.read().await;
+        let _range = self.inner.ranges.lock(g0, g1).await;
+        let (locs, sources) = self.locs(o, g0, g1);
+        let size = self.size();
+        let from_parent =
+            |l: Loc| l >= FIRST_SOURCE && sources[(l - FIRST_SOURCE) as usize].0 != self.inner.id;
+        let mut i = 0;
+        while i < locs.len() {
+            if !from_parent(locs[i]) {
+                i += 1;
+                continue;
+            }
+            let start = i;
+            while i < locs.len() && from_parent(locs[i]) {
+                i += 1;
+            }
+            let off = (g0 + start as u64) * gs;
+            let end = ((g0 + i as u64) * gs).min(size);
+            if off >= end {
+                break;
+            }
+            let data = self.read_unlocked(off, end - off).await?;
+            self.write_piece_locked(o, off, end - off, Fill::Data(data))
+                .await?;
+        }
+        Ok(())
+    }
+
+    async fn write_piece_locked(
+        &self,
+        o: ObjectNo,
+        poff: u64,
+        plen: u64,
+        fill: Fill,
+    ) -> Result<()> {
         let geo = self.inner.geo;
         let gs = geo.grain_size;
         let g0 = poff / gs;
         let g1 = (poff + plen).div_ceil(gs);
-        let _range = self.inner.ranges.lock(g0, g1).await;
         let obj_start = o.0 * geo.object_size;
         let first_grain = geo.first_grain(o);
         let span_start = g0 * gs;
@@ -547,6 +595,10 @@ impl Image {
                     )),
                     _ => e.context("registering a data object"),
                 })?;
+            // Durable before any data op to the object: a data object whose
+            // registration was lost in a crash would otherwise be ignored by
+            // recovery and come back after a later one. Free on RADOS.
+            self.inner.backend.flush().await?;
             let mut st = self.state();
             if let Some(link) = st.chain.links.first_mut() {
                 Arc::make_mut(&mut link.delta).touched.insert(o.0);

@@ -91,7 +91,7 @@ impl Store {
         backend
             .operate(&layout::id_object(name), WriteOp::remove())
             .await?;
-        Ok(())
+        backend.flush().await
     }
 
     /// Clones protected snapshot `parent@snap` as a new writable image `child`
@@ -124,6 +124,7 @@ impl Store {
                 ),
             )
             .await?;
+        self.backend().flush().await?;
         Ok(cid)
     }
 
@@ -182,7 +183,8 @@ impl Store {
                     .guard(Guard::Exists)
                     .omap_set1(layout::meta_key(key), Bytes::from(value.to_string())),
             )
-            .await
+            .await?;
+        self.backend().flush().await
     }
 
     /// Removes image-meta `key` (`NotFound` if absent).
@@ -198,7 +200,8 @@ impl Store {
                 &layout::header_object(&id),
                 WriteOp::new().action(Action::OmapRemove(vec![layout::meta_key(key)])),
             )
-            .await
+            .await?;
+        self.backend().flush().await
     }
 
     /// All image-meta entries, sorted by key.
@@ -226,31 +229,11 @@ impl Image {
             return Err(Error::invalid("image is not a clone"));
         };
         let geo = self.geometry();
-        let gs = geo.grain_size;
         let objects = self.size().div_ceil(geo.object_size);
         for o in 0..objects {
             let first = geo.first_grain(ObjectNo(o));
             let end = (first + u64::from(geo.grains_per_object())).min(geo.grains_for(self.size()));
-            let (locs, sources) = self.locs(ObjectNo(o), first, end);
-            let mut g = 0usize;
-            while g < locs.len() {
-                let from_parent = |l: u32| {
-                    l >= crate::lineage::FIRST_SOURCE
-                        && sources[(l - crate::lineage::FIRST_SOURCE) as usize].0 != *self.id()
-                };
-                if !from_parent(locs[g]) {
-                    g += 1;
-                    continue;
-                }
-                let start = g;
-                while g < locs.len() && from_parent(locs[g]) {
-                    g += 1;
-                }
-                let off = (first + start as u64) * gs;
-                let len = ((g - start) as u64 * gs).min(self.size() - off);
-                let data = self.read(off, len).await?;
-                self.write(off, data).await?;
-            }
+            self.copy_up(ObjectNo(o), first, end).await?;
         }
         let _gate = self.inner.gate.write().await;
         self.inner.backend.flush().await?;

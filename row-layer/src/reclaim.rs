@@ -102,6 +102,8 @@ impl Image {
                     "reclaimer plan for epoch {g} disagrees with the committed header"
                 ))));
             }
+            // The header naming `g` as garbage is durable before its parts go.
+            backend.flush().await?;
             let mut objects = RoaringTreemap::new();
             match read_epoch(&*backend, &id, g).await {
                 Ok(d) => objects |= &d.touched,
@@ -126,6 +128,8 @@ impl Image {
                 .buffer_unordered(DELETE_PARALLELISM)
                 .try_collect::<Vec<()>>()
                 .await?;
+            // Data objects first, durably: the record lists them.
+            backend.flush().await?;
             backend
                 .operate(&layout::epoch_object(&id, g), WriteOp::remove())
                 .await?;
@@ -302,6 +306,8 @@ impl Image {
             }
         }
         self.commit_header(&header, vec![]).await?;
+        // The record may go only once no durable header names it.
+        self.inner.backend.flush().await?;
         let _ = self
             .inner
             .backend

@@ -119,6 +119,8 @@ impl Image {
             )
             .await
             .map_err(|e| e.context("writing the sealed epoch record"))?;
+        // The header that names the record must never be durable without it.
+        self.inner.backend.flush().await?;
         let touch_keys: Vec<String> = delta
             .touched
             .iter()

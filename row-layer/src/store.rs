@@ -386,6 +386,7 @@ impl Store {
                 WriteOp::new().omap_set1(format!("name.{name}"), Bytes::from(id.0.clone())),
             )
             .await?;
+        self.backend.flush().await?;
         Ok(id)
     }
 

@@ -914,10 +914,22 @@ impl Backend for LocalBackend {
                 if held.cookie == rec.cookie && held.client == rec.client {
                     return Ok(false);
                 }
-                return Err(Error::busy(format!(
-                    "lock {name} on {oid} is held by {} (cookie {})",
-                    held.client, held.cookie
-                )));
+                if held.client != rec.client {
+                    // Only one process can have the store open, so a lock
+                    // of another client is a leftover of a process that
+                    // died holding it: take it over.
+                    tracing::warn!(
+                        object = %oid,
+                        lock = %name,
+                        stale_holder = %held.client,
+                        "breaking a lock left by a process that no longer has the store open"
+                    );
+                } else {
+                    return Err(Error::busy(format!(
+                        "lock {name} on {oid} is held by {} (cookie {})",
+                        held.client, held.cookie
+                    )));
+                }
             }
             Tables::open(txn)?.apply(&oid, &WriteOp::new().action(Action::Create))?;
             locks

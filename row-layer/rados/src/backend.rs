@@ -1,0 +1,1075 @@
+//! [`RadosBackend`]: the row-layer object-store contract on a RADOS pool.
+
+use crate::aio::{submit, OpState};
+use crate::cluster::{blocking, cstring, IoCtx, RadosCluster};
+use crate::error::{check, corrupt, errno, io, rados_error, rados_error_as};
+use crate::watch::{
+    on_notify, on_watch_error, parse_notify_reply, NotifyReply, WatchCtx, WatchEvent,
+};
+use bytes::Bytes;
+use futures::future::BoxFuture;
+use futures::FutureExt;
+use librados_sys as sys;
+use row_layer::backend::{
+    Action, Backend, Guard, LockOwner, Notification, ObjectStat, Watch, WriteOp,
+};
+use row_layer::{Error, ErrorKind, Result};
+use std::collections::HashMap;
+use std::ffi::{c_char, c_int, c_void, CString};
+use std::ptr;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tokio::sync::{mpsc, oneshot};
+
+/// Reads up to this length go straight to `rados_aio_read` with a buffer of
+/// the requested size; longer requests are first clamped to the object size.
+const DIRECT_READ_MAX: u64 = 8 << 20;
+
+/// Largest xattr value `get_xattr` accepts.
+const XATTR_MAX: usize = 64 << 20;
+
+/// A watch this backend registered: the callback context and the task that
+/// acknowledges notifications.
+struct WatchEntry {
+    ctx: *mut WatchCtx,
+    oid: String,
+}
+
+// SAFETY: the context pointer is owned by the entry and only freed once,
+// after unwatch + watch_flush.
+unsafe impl Send for WatchEntry {}
+
+/// The row-layer [`Backend`] on one RADOS pool and namespace.
+///
+/// Every mutation is a single RADOS write operation, so the contract's
+/// atomicity holds across crashes; completed operations are durable, so
+/// [`Backend::flush`] is free.
+pub struct RadosBackend {
+    cluster: RadosCluster,
+    io: Arc<IoCtx>,
+    pool: String,
+    namespace: String,
+    watches: Arc<Mutex<HashMap<u64, WatchEntry>>>,
+}
+
+impl std::fmt::Debug for RadosBackend {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RadosBackend")
+            .field("pool", &self.pool)
+            .field("namespace", &self.namespace)
+            .finish_non_exhaustive()
+    }
+}
+
+fn lock_map<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    match m.lock() {
+        Ok(g) => g,
+        Err(p) => p.into_inner(),
+    }
+}
+
+/// `ptr` for a byte slice as librados' `const char *`.
+fn cptr(b: &[u8]) -> *const c_char {
+    b.as_ptr().cast::<c_char>()
+}
+
+/// The first guard, in order, that fails if the object does not exist.
+fn first_failing_if_missing(guards: &[Guard]) -> Option<&Guard> {
+    guards.iter().find(|g| match g {
+        Guard::Exists | Guard::XattrEquals(..) => true,
+        Guard::VersionEquals(v) => *v != 0,
+        Guard::NotExists => false,
+    })
+}
+
+/// The first guard, in order, that fails if the object exists.
+fn first_failing_if_present(guards: &[Guard]) -> Option<&Guard> {
+    guards
+        .iter()
+        .find(|g| matches!(g, Guard::NotExists | Guard::VersionEquals(0)))
+}
+
+fn guard_error(g: &Guard, oid: &str, code: i32) -> Error {
+    let (kind, what) = match g {
+        Guard::Exists => (ErrorKind::NotFound, format!("object {oid} does not exist")),
+        Guard::NotExists => (
+            ErrorKind::AlreadyExists,
+            format!("object {oid} already exists"),
+        ),
+        Guard::XattrEquals(name, _) => (
+            ErrorKind::PreconditionFailed,
+            format!("xattr {name} of {oid} does not match"),
+        ),
+        Guard::VersionEquals(v) => (
+            ErrorKind::PreconditionFailed,
+            format!("version of {oid} is not {v}"),
+        ),
+    };
+    rados_error_as(kind, code, what)
+}
+
+/// Maps the return code of a write operation, given its guards.
+fn operate_result(ret: c_int, oid: &str, op: &WriteOp) -> Result<()> {
+    if ret >= 0 {
+        return Ok(());
+    }
+    let pure_remove = op.actions == [Action::Remove];
+    match -ret {
+        errno::ENOENT => {
+            if pure_remove && op.guards.is_empty() {
+                return Ok(()); // removing a missing object is idempotent
+            }
+            match first_failing_if_missing(&op.guards) {
+                Some(g) => Err(guard_error(g, oid, ret)),
+                None => Err(rados_error(ret, format_args!("operate on {oid}"))),
+            }
+        }
+        errno::EEXIST => match first_failing_if_present(&op.guards) {
+            Some(g) => Err(guard_error(g, oid, ret)),
+            None => Err(rados_error(ret, format_args!("operate on {oid}"))),
+        },
+        errno::ECANCELED => {
+            let g = op
+                .guards
+                .iter()
+                .find(|g| matches!(g, Guard::XattrEquals(..)));
+            Err(match g {
+                Some(g) => guard_error(g, oid, ret),
+                None => rados_error(ret, format_args!("operate on {oid}")),
+            })
+        }
+        errno::ERANGE | errno::EOVERFLOW => {
+            let g = op
+                .guards
+                .iter()
+                .find(|g| matches!(g, Guard::VersionEquals(v) if *v != 0));
+            Err(match g {
+                Some(g) => guard_error(g, oid, ret),
+                None => rados_error(ret, format_args!("operate on {oid}")),
+            })
+        }
+        _ => Err(rados_error(ret, format_args!("operate on {oid}"))),
+    }
+}
+
+/// Builds the librados write operation for `op` into `st.write_op`.
+fn build_write_op(st: &mut OpState, op: &WriteOp) -> Result<()> {
+    // SAFETY: plain constructor; the handle is owned by `st` from now on.
+    let w = unsafe { sys::rados_create_write_op() };
+    if w.is_null() {
+        return Err(io("rados_create_write_op failed"));
+    }
+    st.write_op = w;
+    let pure_remove = op.actions == [Action::Remove];
+    // SAFETY (all calls below): `w` is a live write op; librados copies
+    // every name, key and buffer into the operation before returning.
+    for g in &op.guards {
+        match g {
+            Guard::Exists => unsafe { sys::rados_write_op_assert_exists(w) },
+            Guard::NotExists | Guard::VersionEquals(0) => unsafe {
+                sys::rados_write_op_create(w, sys::LIBRADOS_CREATE_EXCLUSIVE as c_int, ptr::null())
+            },
+            Guard::XattrEquals(name, value) => {
+                let n = cstring(name, "xattr name")?;
+                unsafe {
+                    sys::rados_write_op_cmpxattr(
+                        w,
+                        n.as_ptr(),
+                        sys::LIBRADOS_CMPXATTR_OP_EQ as u8,
+                        cptr(value),
+                        value.len(),
+                    )
+                }
+            }
+            Guard::VersionEquals(v) => unsafe { sys::rados_write_op_assert_version(w, *v) },
+        }
+    }
+    for a in &op.actions {
+        if matches!(
+            a,
+            Action::Zero { .. }
+                | Action::Truncate(_)
+                | Action::OmapRemove(_)
+                | Action::OmapClear
+                | Action::RemoveXattr(_)
+        ) {
+            // On a missing object RADOS fails these with ENOENT (omap and
+            // xattr removal) or does nothing (zero, truncate); the contract
+            // has every action but Remove create the object.
+            unsafe {
+                sys::rados_write_op_create(w, sys::LIBRADOS_CREATE_IDEMPOTENT as c_int, ptr::null())
+            }
+        }
+        match a {
+            Action::Create => unsafe {
+                sys::rados_write_op_create(w, sys::LIBRADOS_CREATE_IDEMPOTENT as c_int, ptr::null())
+            },
+            Action::Write { offset, data } => unsafe {
+                sys::rados_write_op_write(w, cptr(data), data.len(), *offset)
+            },
+            Action::WriteFull(data) => unsafe {
+                sys::rados_write_op_write_full(w, cptr(data), data.len())
+            },
+            Action::Zero { offset, len } => unsafe { sys::rados_write_op_zero(w, *offset, *len) },
+            Action::Truncate(size) => unsafe { sys::rados_write_op_truncate(w, *size) },
+            Action::OmapSet(kvs) => {
+                let keys: Vec<*const c_char> =
+                    kvs.iter().map(|(k, _)| cptr(k.as_bytes())).collect();
+                let key_lens: Vec<usize> = kvs.iter().map(|(k, _)| k.len()).collect();
+                let vals: Vec<*const c_char> = kvs.iter().map(|(_, v)| cptr(v)).collect();
+                let val_lens: Vec<usize> = kvs.iter().map(|(_, v)| v.len()).collect();
+                unsafe {
+                    sys::rados_write_op_omap_set2(
+                        w,
+                        keys.as_ptr(),
+                        vals.as_ptr(),
+                        key_lens.as_ptr(),
+                        val_lens.as_ptr(),
+                        kvs.len(),
+                    )
+                }
+            }
+            Action::OmapRemove(keys) => {
+                let ptrs: Vec<*const c_char> = keys.iter().map(|k| cptr(k.as_bytes())).collect();
+                let lens: Vec<usize> = keys.iter().map(String::len).collect();
+                unsafe {
+                    sys::rados_write_op_omap_rm_keys2(w, ptrs.as_ptr(), lens.as_ptr(), keys.len())
+                }
+            }
+            Action::OmapClear => unsafe { sys::rados_write_op_omap_clear(w) },
+            Action::SetXattr(name, value) => {
+                let n = cstring(name, "xattr name")?;
+                unsafe { sys::rados_write_op_setxattr(w, n.as_ptr(), cptr(value), value.len()) }
+            }
+            Action::RemoveXattr(name) => {
+                let n = cstring(name, "xattr name")?;
+                unsafe { sys::rados_write_op_rmxattr(w, n.as_ptr()) }
+            }
+            Action::Remove => {
+                if !pure_remove {
+                    // RADOS fails a delete of a missing object with ENOENT;
+                    // inside a compound op ("remove, then write") the
+                    // contract makes that a no-op, so make sure it exists.
+                    unsafe {
+                        sys::rados_write_op_create(
+                            w,
+                            sys::LIBRADOS_CREATE_IDEMPOTENT as c_int,
+                            ptr::null(),
+                        )
+                    }
+                }
+                unsafe { sys::rados_write_op_remove(w) }
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Parses the NUL-separated string list `rados_list_lockers` fills.
+fn split_nul(buf: &[u8], len: usize) -> Vec<String> {
+    let end = len.min(buf.len());
+    buf[..end]
+        .split(|b| *b == 0)
+        .filter(|s| !s.is_empty())
+        .map(|s| String::from_utf8_lossy(s).into_owned())
+        .collect()
+}
+
+impl RadosBackend {
+    pub(crate) fn new(
+        cluster: RadosCluster,
+        io: Arc<IoCtx>,
+        pool: String,
+        namespace: String,
+    ) -> RadosBackend {
+        RadosBackend {
+            cluster,
+            io,
+            pool,
+            namespace,
+            watches: Arc::new(Mutex::new(HashMap::new())),
+        }
+    }
+
+    /// The cluster this backend's pool belongs to.
+    pub fn cluster(&self) -> &RadosCluster {
+        &self.cluster
+    }
+
+    /// The pool name.
+    pub fn pool(&self) -> &str {
+        &self.pool
+    }
+
+    /// The namespace within the pool (`""` for the default one).
+    pub fn namespace(&self) -> &str {
+        &self.namespace
+    }
+
+    /// Size and version, or `None` if the object does not exist.
+    async fn stat_opt(&self, oid: &str) -> Result<Option<ObjectStat>> {
+        let st = OpState::new(self.io.clone(), cstring(oid, "object name")?);
+        let st = submit(st, |raw, comp| {
+            // SAFETY: `raw` is the leaked state (stable address, owned by
+            // the op until completion); the read op is stored in it and
+            // released with it.
+            unsafe {
+                let r = sys::rados_create_read_op();
+                if r.is_null() {
+                    return -errno::EIO;
+                }
+                (*raw).read_op = r;
+                sys::rados_read_op_stat(
+                    r,
+                    ptr::addr_of_mut!((*raw).stat_size),
+                    ptr::addr_of_mut!((*raw).stat_mtime),
+                    ptr::addr_of_mut!((*raw).stat_rval),
+                );
+                sys::rados_aio_read_op_operate(r, (*raw).io(), comp, (*raw).oid.as_ptr(), 0)
+            }
+        })
+        .await
+        .map_err(|r| rados_error(r, format_args!("stat {oid}")))?;
+        if st.ret == -errno::ENOENT {
+            return Ok(None);
+        }
+        check(st.ret, format_args!("stat {oid}"))?;
+        check(st.stat_rval, format_args!("stat {oid}"))?;
+        Ok(Some(ObjectStat {
+            size: st.stat_size,
+            version: st.version,
+        }))
+    }
+
+    async fn read_impl(&self, oid: &str, offset: u64, len: u64) -> Result<Bytes> {
+        let mut len = len;
+        if len > DIRECT_READ_MAX {
+            let size = self
+                .stat_opt(oid)
+                .await?
+                .ok_or_else(|| {
+                    Error::new(ErrorKind::NotFound, format!("object {oid} does not exist"))
+                })?
+                .size;
+            len = len.min(size.saturating_sub(offset));
+        }
+        let len = usize::try_from(len).map_err(|_| io(format!("read of {len} bytes too large")))?;
+        if len == 0 {
+            // Still report NotFound for a missing object.
+            self.stat_opt(oid).await?.ok_or_else(|| {
+                Error::new(ErrorKind::NotFound, format!("object {oid} does not exist"))
+            })?;
+            return Ok(Bytes::new());
+        }
+        let mut st = OpState::new(self.io.clone(), cstring(oid, "object name")?);
+        st.buf = Vec::with_capacity(len);
+        let st = submit(st, |raw, comp| {
+            // SAFETY: the buffer (capacity `len`) lives in the leaked state
+            // until the completion has fired.
+            unsafe {
+                let buf = (*raw).buf.as_mut_ptr().cast::<c_char>();
+                sys::rados_aio_read((*raw).io(), (*raw).oid.as_ptr(), comp, buf, len, offset)
+            }
+        })
+        .await
+        .map_err(|r| rados_error(r, format_args!("read {oid}")))?;
+        let n = check(st.ret, format_args!("read {oid} at {offset}"))? as usize;
+        if n > len {
+            return Err(corrupt(format!(
+                "read {oid}: librados returned {n} bytes for {len}"
+            )));
+        }
+        let mut st = st;
+        let mut buf = std::mem::take(&mut st.buf);
+        // SAFETY: librados wrote `n <= capacity` bytes into the buffer.
+        unsafe { buf.set_len(n) };
+        Ok(Bytes::from(buf))
+    }
+
+    async fn omap_get_impl(
+        &self,
+        oid: &str,
+        start_after: &str,
+        prefix: &str,
+        max: usize,
+    ) -> Result<Vec<(String, Bytes)>> {
+        let c_prefix = cstring(prefix, "omap prefix")?;
+        let mut after = start_after.to_string();
+        let mut out: Vec<(String, Bytes)> = Vec::new();
+        loop {
+            let want = (max - out.len()) as u64;
+            let mut st = OpState::new(self.io.clone(), cstring(oid, "object name")?);
+            st.strings = vec![cstring(&after, "omap key")?, c_prefix.clone()];
+            let st = submit(st, |raw, comp| {
+                // SAFETY: out-parameters live in the leaked state; the strings
+                // are copied by librados.
+                unsafe {
+                    let r = sys::rados_create_read_op();
+                    if r.is_null() {
+                        return -errno::EIO;
+                    }
+                    (*raw).read_op = r;
+                    let strings = &(*raw).strings;
+                    let (start, filter) = (strings[0].as_ptr(), strings[1].as_ptr());
+                    sys::rados_read_op_omap_get_vals2(
+                        r,
+                        start,
+                        filter,
+                        want,
+                        ptr::addr_of_mut!((*raw).omap_iter),
+                        ptr::addr_of_mut!((*raw).omap_more),
+                        ptr::addr_of_mut!((*raw).omap_rval),
+                    );
+                    sys::rados_aio_read_op_operate(r, (*raw).io(), comp, (*raw).oid.as_ptr(), 0)
+                }
+            })
+            .await
+            .map_err(|r| rados_error(r, format_args!("omap_get {oid}")))?;
+            check(st.ret, format_args!("omap_get {oid}"))?;
+            check(st.omap_rval, format_args!("omap_get {oid}"))?;
+            let before = out.len();
+            loop {
+                let (mut k, mut v) = (ptr::null_mut::<c_char>(), ptr::null_mut::<c_char>());
+                let (mut kl, mut vl) = (0usize, 0usize);
+                // SAFETY: the iterator belongs to the completed op in `st`.
+                let r = unsafe {
+                    sys::rados_omap_get_next2(st.omap_iter, &mut k, &mut v, &mut kl, &mut vl)
+                };
+                check(r, format_args!("omap iteration of {oid}"))?;
+                if k.is_null() {
+                    break;
+                }
+                // SAFETY: key and value point at kl / vl bytes valid until
+                // the iterator advances or ends.
+                let key = unsafe { std::slice::from_raw_parts(k.cast::<u8>(), kl) };
+                let val = if v.is_null() || vl == 0 {
+                    Bytes::new()
+                } else {
+                    // SAFETY: as above.
+                    Bytes::copy_from_slice(unsafe {
+                        std::slice::from_raw_parts(v.cast::<u8>(), vl)
+                    })
+                };
+                let key = String::from_utf8(key.to_vec())
+                    .map_err(|_| corrupt(format!("omap key of {oid} is not UTF-8")))?;
+                if out.len() < max {
+                    out.push((key, val));
+                }
+            }
+            let more = st.omap_more != 0;
+            if !more || out.len() >= max || out.len() == before {
+                return Ok(out);
+            }
+            after = out.last().map(|(k, _)| k.clone()).unwrap_or_default();
+        }
+    }
+
+    async fn get_xattr_impl(&self, oid: &str, name: &str) -> Result<Option<Bytes>> {
+        let io = self.io.clone();
+        let c_oid = cstring(oid, "object name")?;
+        let c_name = cstring(name, "xattr name")?;
+        let shown = format!("getxattr {name} of {oid}");
+        blocking(move || {
+            let mut cap = 4096usize;
+            loop {
+                let mut buf = vec![0u8; cap];
+                // SAFETY: valid ioctx, strings, and a buffer of `cap` bytes.
+                let r = unsafe {
+                    sys::rados_getxattr(
+                        io.ptr(),
+                        c_oid.as_ptr(),
+                        c_name.as_ptr(),
+                        buf.as_mut_ptr().cast::<c_char>(),
+                        cap,
+                    )
+                };
+                if r == -errno::ENODATA {
+                    return Ok(None);
+                }
+                if r == -errno::ERANGE && cap < XATTR_MAX {
+                    cap *= 8;
+                    continue;
+                }
+                let n = check(r, &shown)? as usize;
+                if n > cap {
+                    return Err(corrupt(format!(
+                        "{shown}: {n} bytes for a {cap}-byte buffer"
+                    )));
+                }
+                buf.truncate(n);
+                return Ok(Some(Bytes::from(buf)));
+            }
+        })
+        .await
+    }
+
+    async fn operate_impl(&self, oid: &str, op: WriteOp) -> Result<()> {
+        if op.actions.is_empty() {
+            return self.check_guards(oid, &op.guards).await;
+        }
+        let pure_remove = op.actions == [Action::Remove];
+        if pure_remove
+            && op
+                .guards
+                .iter()
+                .any(|g| matches!(g, Guard::NotExists | Guard::VersionEquals(0)))
+        {
+            // Guards that require absence, then a remove that requires
+            // presence: either a guard or the remove fails (as in mem).
+            self.check_guards(oid, &op.guards).await?;
+            return Err(Error::new(
+                ErrorKind::NotFound,
+                format!("object {oid} does not exist"),
+            ));
+        }
+        let mut st = OpState::new(self.io.clone(), cstring(oid, "object name")?);
+        build_write_op(&mut st, &op)?;
+        let st = submit(st, |raw, comp| {
+            // SAFETY: the write op and object name live in the leaked state.
+            unsafe {
+                sys::rados_aio_write_op_operate(
+                    (*raw).write_op,
+                    (*raw).io(),
+                    comp,
+                    (*raw).oid.as_ptr(),
+                    ptr::null_mut(),
+                    sys::LIBRADOS_OPERATION_NOFLAG as c_int,
+                )
+            }
+        })
+        .await
+        .map_err(|r| rados_error(r, format_args!("submit operate on {oid}")))?;
+        operate_result(st.ret, oid, &op)
+    }
+
+    /// Evaluates guards of an op without actions (nothing to apply, so a
+    /// non-atomic evaluation is indistinguishable from an atomic one).
+    async fn check_guards(&self, oid: &str, guards: &[Guard]) -> Result<()> {
+        if guards.is_empty() {
+            return Ok(());
+        }
+        let stat = self.stat_opt(oid).await?;
+        for g in guards {
+            let ok = match (g, &stat) {
+                (Guard::Exists, s) => s.is_some(),
+                (Guard::NotExists, s) => s.is_none(),
+                (Guard::VersionEquals(v), s) => s.map_or(0, |s| s.version) == *v,
+                (Guard::XattrEquals(..), None) => false,
+                (Guard::XattrEquals(name, value), Some(_)) => {
+                    match self.get_xattr_impl(oid, name).await {
+                        Ok(have) => have.as_ref() == Some(value),
+                        Err(e) if e.kind() == ErrorKind::NotFound => false,
+                        Err(e) => return Err(e),
+                    }
+                }
+            };
+            if !ok {
+                let code = if stat.is_some() {
+                    errno::EEXIST
+                } else {
+                    errno::ENOENT
+                };
+                let code = match g {
+                    Guard::XattrEquals(..) => errno::ECANCELED,
+                    Guard::VersionEquals(v) if *v != 0 => errno::ERANGE,
+                    _ => code,
+                };
+                return Err(guard_error(g, oid, -code));
+            }
+        }
+        Ok(())
+    }
+
+    async fn list_impl(&self, prefix: &str) -> Result<Vec<String>> {
+        let io = self.io.clone();
+        let prefix = prefix.to_string();
+        blocking(move || {
+            let mut ctx: sys::rados_list_ctx_t = ptr::null_mut();
+            // SAFETY: valid ioctx and out-pointer.
+            let r = unsafe { sys::rados_nobjects_list_open(io.ptr(), &mut ctx) };
+            check(r, "listing objects")?;
+            struct Close(sys::rados_list_ctx_t);
+            impl Drop for Close {
+                fn drop(&mut self) {
+                    // SAFETY: opened above, closed once.
+                    unsafe { sys::rados_nobjects_list_close(self.0) };
+                }
+            }
+            let _close = Close(ctx);
+            let mut names = Vec::new();
+            loop {
+                let mut entry: *const c_char = ptr::null();
+                let mut entry_size = 0usize;
+                // SAFETY: valid list context; key/nspace not requested.
+                let r = unsafe {
+                    sys::rados_nobjects_list_next2(
+                        ctx,
+                        &mut entry,
+                        ptr::null_mut(),
+                        ptr::null_mut(),
+                        &mut entry_size,
+                        ptr::null_mut(),
+                        ptr::null_mut(),
+                    )
+                };
+                if r == -errno::ENOENT {
+                    break;
+                }
+                check(r, "listing objects")?;
+                if entry.is_null() {
+                    continue;
+                }
+                // SAFETY: entry points at entry_size bytes until the next call.
+                let name = unsafe { std::slice::from_raw_parts(entry.cast::<u8>(), entry_size) };
+                if !name.starts_with(prefix.as_bytes()) {
+                    continue;
+                }
+                match std::str::from_utf8(name) {
+                    Ok(s) => names.push(s.to_string()),
+                    Err(_) => tracing::warn!("skipping object with non-UTF-8 name {name:?}"),
+                }
+            }
+            Ok(names)
+        })
+        .await
+    }
+
+    /// Sends a notification and returns every watcher's decoded answer,
+    /// including those who timed out.
+    pub async fn notify_raw(
+        &self,
+        oid: &str,
+        payload: Bytes,
+        timeout: Duration,
+    ) -> Result<NotifyReply> {
+        let io = self.io.clone();
+        let c_oid = cstring(oid, "object name")?;
+        let len = c_int::try_from(payload.len())
+            .map_err(|_| crate::error::invalid("notify payload larger than 2 GiB"))?;
+        let timeout_ms = u64::try_from(timeout.as_millis())
+            .unwrap_or(u64::MAX)
+            .max(1);
+        let shown = format!("notify {oid}");
+        blocking(move || {
+            let mut reply: *mut c_char = ptr::null_mut();
+            let mut reply_len = 0usize;
+            // SAFETY: valid ioctx, name, payload; out-pointers valid; the
+            // reply buffer is freed below.
+            let r = unsafe {
+                sys::rados_notify2(
+                    io.ptr(),
+                    c_oid.as_ptr(),
+                    cptr(&payload),
+                    len,
+                    timeout_ms,
+                    &mut reply,
+                    &mut reply_len,
+                )
+            };
+            let parsed = if reply.is_null() {
+                Ok(NotifyReply::default())
+            } else {
+                // SAFETY: librados returned reply_len bytes at reply.
+                let bytes = unsafe { std::slice::from_raw_parts(reply.cast::<u8>(), reply_len) };
+                let p = parse_notify_reply(bytes);
+                // SAFETY: allocated by librados, freed once.
+                unsafe { sys::rados_buffer_free(reply) };
+                p
+            };
+            if r == -errno::ENOENT {
+                return Ok(NotifyReply::default()); // no object, no watchers
+            }
+            // ETIMEDOUT: some watchers did not answer; the others did.
+            if r < 0 && r != -errno::ETIMEDOUT {
+                return Err(rados_error(r, &shown));
+            }
+            parsed.map_err(|e| e.context(&shown))
+        })
+        .await
+    }
+
+    async fn watch_impl(&self, oid: &str) -> Result<Watch> {
+        let c_oid = cstring(oid, "object name")?;
+        let (raw_tx, mut raw_rx) = mpsc::unbounded_channel::<WatchEvent>();
+        // The context's address, as an integer so that the future stays Send.
+        let ctx_addr = Box::into_raw(Box::new(WatchCtx { tx: raw_tx })) as usize;
+        let io = self.io.clone();
+        let shown = format!("watch {oid}");
+        let cookie = blocking(move || {
+            let mut cookie = 0u64;
+            // SAFETY: valid ioctx and name; `ctx` stays allocated until
+            // unwatch + watch_flush (or is freed below if the watch failed).
+            let r = unsafe {
+                sys::rados_watch2(
+                    io.ptr(),
+                    c_oid.as_ptr(),
+                    &mut cookie,
+                    Some(on_notify),
+                    Some(on_watch_error),
+                    ctx_addr as *mut c_void,
+                )
+            };
+            if r < 0 {
+                // SAFETY: the watch was not registered; no callback can run.
+                drop(unsafe { Box::from_raw(ctx_addr as *mut WatchCtx) });
+                return Err(rados_error(r, &shown));
+            }
+            Ok(cookie)
+        })
+        .await?;
+        lock_map(&self.watches).insert(
+            cookie,
+            WatchEntry {
+                ctx: ctx_addr as *mut WatchCtx,
+                oid: oid.to_string(),
+            },
+        );
+        let (user_tx, user_rx) = mpsc::unbounded_channel::<Notification>();
+        let io = self.io.clone();
+        let oid = oid.to_string();
+        tokio::spawn(async move {
+            while let Some(ev) = raw_rx.recv().await {
+                match ev {
+                    WatchEvent::Notify {
+                        notify_id,
+                        cookie,
+                        notifier_id,
+                        payload,
+                    } => {
+                        tracing::trace!(%oid, notify_id, cookie, notifier_id, "notification");
+                        let (reply_tx, reply_rx) = oneshot::channel::<Bytes>();
+                        let _ = user_tx.send(Notification {
+                            payload,
+                            reply: reply_tx,
+                        });
+                        let io = io.clone();
+                        let oid = oid.clone();
+                        tokio::spawn(async move {
+                            let reply = reply_rx.await.unwrap_or_default();
+                            ack(&io, &oid, notify_id, cookie, &reply);
+                        });
+                    }
+                    WatchEvent::Error { cookie, err } => {
+                        tracing::warn!(
+                            %oid,
+                            cookie,
+                            "watch failed: {}; closing its event channel",
+                            std::io::Error::from_raw_os_error(-err)
+                        );
+                        break;
+                    }
+                }
+            }
+        });
+        Ok(Watch {
+            id: cookie,
+            events: user_rx,
+        })
+    }
+
+    async fn unwatch_impl(&self, watch_id: u64) -> Result<()> {
+        let Some(entry) = lock_map(&self.watches).remove(&watch_id) else {
+            return Ok(());
+        };
+        let io = self.io.clone();
+        blocking(move || unwatch_blocking(&io, watch_id, entry)).await
+    }
+}
+
+/// Acknowledges a notification (librados sends the ack asynchronously).
+fn ack(io: &IoCtx, oid: &str, notify_id: u64, cookie: u64, reply: &[u8]) {
+    let Ok(c_oid) = CString::new(oid) else { return };
+    let len = c_int::try_from(reply.len()).unwrap_or(0);
+    let data = if len == 0 { ptr::null() } else { cptr(reply) };
+    // SAFETY: valid ioctx, name and reply buffer for the duration of the call.
+    let r =
+        unsafe { sys::rados_notify_ack(io.ptr(), c_oid.as_ptr(), notify_id, cookie, data, len) };
+    if r < 0 {
+        tracing::warn!(oid, notify_id, "notify ack failed: errno {}", -r);
+    }
+}
+
+/// Unregisters a watch, waits for its callbacks, frees its context.
+fn unwatch_blocking(io: &IoCtx, cookie: u64, entry: WatchEntry) -> Result<()> {
+    // SAFETY: the cookie came from rados_watch2 on this ioctx.
+    let r = unsafe { sys::rados_unwatch2(io.ptr(), cookie) };
+    // SAFETY: connected cluster; waits until no callback can still run.
+    unsafe { sys::rados_watch_flush(io.cluster.ptr()) };
+    // SAFETY: unwatched and flushed: no callback holds the context.
+    drop(unsafe { Box::from_raw(entry.ctx) });
+    if r < 0 && r != -errno::ENOENT && r != -107
+    /* ENOTCONN: watch already broken */
+    {
+        return Err(rados_error(r, format_args!("unwatch {}", entry.oid)));
+    }
+    Ok(())
+}
+
+impl Drop for RadosBackend {
+    fn drop(&mut self) {
+        let entries: Vec<(u64, WatchEntry)> = lock_map(&self.watches).drain().collect();
+        for (cookie, entry) in entries {
+            if let Err(e) = unwatch_blocking(&self.io, cookie, entry) {
+                tracing::warn!("dropping RadosBackend: {e}");
+            }
+        }
+    }
+}
+
+fn nf(oid: &str) -> Error {
+    Error::new(ErrorKind::NotFound, format!("object {oid} does not exist"))
+}
+
+impl Backend for RadosBackend {
+    fn kind(&self) -> &'static str {
+        "rados"
+    }
+
+    fn read(&self, oid: &str, offset: u64, len: u64) -> BoxFuture<'_, Result<Bytes>> {
+        let oid = oid.to_string();
+        async move { self.read_impl(&oid, offset, len).await }.boxed()
+    }
+
+    fn stat(&self, oid: &str) -> BoxFuture<'_, Result<ObjectStat>> {
+        let oid = oid.to_string();
+        async move { self.stat_opt(&oid).await?.ok_or_else(|| nf(&oid)) }.boxed()
+    }
+
+    fn omap_get(
+        &self,
+        oid: &str,
+        start_after: &str,
+        prefix: &str,
+        max: usize,
+    ) -> BoxFuture<'_, Result<Vec<(String, Bytes)>>> {
+        let (oid, start_after, prefix) =
+            (oid.to_string(), start_after.to_string(), prefix.to_string());
+        async move {
+            if max == 0 {
+                // Still NotFound for a missing object.
+                self.stat_opt(&oid).await?.ok_or_else(|| nf(&oid))?;
+                return Ok(Vec::new());
+            }
+            self.omap_get_impl(&oid, &start_after, &prefix, max).await
+        }
+        .boxed()
+    }
+
+    fn get_xattr(&self, oid: &str, name: &str) -> BoxFuture<'_, Result<Option<Bytes>>> {
+        let (oid, name) = (oid.to_string(), name.to_string());
+        async move { self.get_xattr_impl(&oid, &name).await }.boxed()
+    }
+
+    fn operate(&self, oid: &str, op: WriteOp) -> BoxFuture<'_, Result<()>> {
+        let oid = oid.to_string();
+        async move { self.operate_impl(&oid, op).await }.boxed()
+    }
+
+    fn list(&self, prefix: &str) -> BoxFuture<'_, Result<Vec<String>>> {
+        let prefix = prefix.to_string();
+        async move { self.list_impl(&prefix).await }.boxed()
+    }
+
+    fn flush(&self) -> BoxFuture<'_, Result<()>> {
+        // A completed RADOS write is already durable on every replica.
+        async { Ok(()) }.boxed()
+    }
+
+    fn lock_exclusive(
+        &self,
+        oid: &str,
+        name: &str,
+        cookie: &str,
+        description: &str,
+    ) -> BoxFuture<'_, Result<()>> {
+        let io = self.io.clone();
+        let args = (
+            cstring(oid, "object name"),
+            cstring(name, "lock name"),
+            cstring(cookie, "lock cookie"),
+            cstring(description, "lock description"),
+        );
+        let shown = format!("lock {name} on {oid} (cookie {cookie})");
+        async move {
+            let (o, n, c, d) = (args.0?, args.1?, args.2?, args.3?);
+            blocking(move || {
+                // SAFETY: valid ioctx and strings; no duration (held until
+                // unlocked or broken), no flags.
+                let r = unsafe {
+                    sys::rados_lock_exclusive(
+                        io.ptr(),
+                        o.as_ptr(),
+                        n.as_ptr(),
+                        c.as_ptr(),
+                        d.as_ptr(),
+                        ptr::null_mut(),
+                        0,
+                    )
+                };
+                match r {
+                    // EEXIST: we already hold it with this cookie.
+                    r if r >= 0 || r == -errno::EEXIST => Ok(()),
+                    r if r == -errno::EBUSY => Err(rados_error_as(
+                        ErrorKind::Busy,
+                        r,
+                        format_args!("{shown}: held by another owner"),
+                    )),
+                    r => Err(rados_error(r, &shown)),
+                }
+            })
+            .await
+        }
+        .boxed()
+    }
+
+    fn unlock(&self, oid: &str, name: &str, cookie: &str) -> BoxFuture<'_, Result<()>> {
+        let io = self.io.clone();
+        let args = (
+            cstring(oid, "object name"),
+            cstring(name, "lock name"),
+            cstring(cookie, "lock cookie"),
+        );
+        let shown = format!("unlock {name} on {oid} (cookie {cookie})");
+        async move {
+            let (o, n, c) = (args.0?, args.1?, args.2?);
+            blocking(move || {
+                // SAFETY: valid ioctx and strings.
+                let r = unsafe { sys::rados_unlock(io.ptr(), o.as_ptr(), n.as_ptr(), c.as_ptr()) };
+                check(r, &shown).map(|_| ())
+            })
+            .await
+        }
+        .boxed()
+    }
+
+    fn lock_owners(&self, oid: &str, name: &str) -> BoxFuture<'_, Result<Vec<LockOwner>>> {
+        let io = self.io.clone();
+        let args = (cstring(oid, "object name"), cstring(name, "lock name"));
+        let shown = format!("list lockers of {name} on {oid}");
+        async move {
+            let (o, n) = (args.0?, args.1?);
+            blocking(move || {
+                let mut cap = 1024usize;
+                loop {
+                    let mut exclusive: c_int = 0;
+                    let (mut tag, mut clients, mut cookies, mut addrs) = (
+                        vec![0u8; cap],
+                        vec![0u8; cap],
+                        vec![0u8; cap],
+                        vec![0u8; cap],
+                    );
+                    let (mut tag_len, mut clients_len, mut cookies_len, mut addrs_len) =
+                        (cap, cap, cap, cap);
+                    // SAFETY: four buffers of the sizes passed, valid out-pointers.
+                    let r = unsafe {
+                        sys::rados_list_lockers(
+                            io.ptr(),
+                            o.as_ptr(),
+                            n.as_ptr(),
+                            &mut exclusive,
+                            tag.as_mut_ptr().cast::<c_char>(),
+                            &mut tag_len,
+                            clients.as_mut_ptr().cast::<c_char>(),
+                            &mut clients_len,
+                            cookies.as_mut_ptr().cast::<c_char>(),
+                            &mut cookies_len,
+                            addrs.as_mut_ptr().cast::<c_char>(),
+                            &mut addrs_len,
+                        )
+                    };
+                    if r == -(errno::ERANGE as isize) {
+                        let need = tag_len.max(clients_len).max(cookies_len).max(addrs_len);
+                        if need <= cap || need > (64 << 20) {
+                            return Err(crate::error::io(format!(
+                                "{shown}: bad buffer size {need}"
+                            )));
+                        }
+                        cap = need;
+                        continue;
+                    }
+                    if r == -(errno::ENOENT as isize) {
+                        return Ok(Vec::new()); // no object, no lock
+                    }
+                    if r < 0 {
+                        return Err(rados_error(i32::try_from(r).unwrap_or(i32::MIN), &shown));
+                    }
+                    let clients = split_nul(&clients, clients_len);
+                    let cookies = split_nul(&cookies, cookies_len);
+                    let addrs = split_nul(&addrs, addrs_len);
+                    let n = usize::try_from(r).unwrap_or(0);
+                    if clients.len() < n || cookies.len() < n {
+                        return Err(corrupt(format!(
+                            "{shown}: {n} lockers but {} clients, {} cookies",
+                            clients.len(),
+                            cookies.len()
+                        )));
+                    }
+                    return Ok((0..n)
+                        .map(|i| LockOwner {
+                            client: clients[i].clone(),
+                            cookie: cookies[i].clone(),
+                            address: addrs.get(i).cloned().unwrap_or_default(),
+                        })
+                        .collect());
+                }
+            })
+            .await
+        }
+        .boxed()
+    }
+
+    fn break_lock(&self, oid: &str, name: &str, owner: &LockOwner) -> BoxFuture<'_, Result<()>> {
+        let io = self.io.clone();
+        let args = (
+            cstring(oid, "object name"),
+            cstring(name, "lock name"),
+            cstring(&owner.client, "lock client"),
+            cstring(&owner.cookie, "lock cookie"),
+        );
+        let shown = format!(
+            "break lock {name} on {oid} held by {} (cookie {})",
+            owner.client, owner.cookie
+        );
+        async move {
+            let (o, n, cl, co) = (args.0?, args.1?, args.2?, args.3?);
+            blocking(move || {
+                // SAFETY: valid ioctx and strings.
+                let r = unsafe {
+                    sys::rados_break_lock(
+                        io.ptr(),
+                        o.as_ptr(),
+                        n.as_ptr(),
+                        cl.as_ptr(),
+                        co.as_ptr(),
+                    )
+                };
+                check(r, &shown).map(|_| ())
+            })
+            .await
+        }
+        .boxed()
+    }
+
+    fn watch(&self, oid: &str) -> BoxFuture<'_, Result<Watch>> {
+        let oid = oid.to_string();
+        async move { self.watch_impl(&oid).await }.boxed()
+    }
+
+    fn unwatch(&self, watch_id: u64) -> BoxFuture<'_, Result<()>> {
+        async move { self.unwatch_impl(watch_id).await }.boxed()
+    }
+
+    fn notify(
+        &self,
+        oid: &str,
+        payload: Bytes,
+        timeout: Duration,
+    ) -> BoxFuture<'_, Result<Vec<Bytes>>> {
+        let oid = oid.to_string();
+        async move {
+            let reply = self.notify_raw(&oid, payload, timeout).await?;
+            Ok(reply.acks.into_iter().map(|a| a.payload).collect())
+        }
+        .boxed()
+    }
+}

@@ -1,0 +1,220 @@
+//! Cost claims of the design, proved by counting backend operations
+//! (properties 2-5 of the ROW layer).
+
+mod common;
+
+use bytes::Bytes;
+use common::*;
+use row_layer::backend::fault::{FaultBackend, OpCounts};
+use row_layer::backend::mem::MemBackend;
+use row_layer::backend::Backend;
+use row_layer::{CreateOptions, Image, Store};
+use std::sync::Arc;
+
+async fn setup(size: u64) -> (Arc<FaultBackend>, Store, Image) {
+    let fault = Arc::new(FaultBackend::new(Arc::new(MemBackend::new())));
+    let store = Store::new(fault.clone() as Arc<dyn Backend>);
+    store
+        .create(
+            "img",
+            CreateOptions {
+                size,
+                object_size: 4 << 20,
+                grain_size: 4096,
+            },
+        )
+        .await
+        .expect("create");
+    let img = store.open("img").await.expect("open");
+    (fault, store, img)
+}
+
+async fn counted<F: std::future::Future<Output = ()>>(fault: &FaultBackend, f: F) -> OpCounts {
+    let before = fault.counts();
+    f.await;
+    fault.counts() - before
+}
+
+#[tokio::test]
+async fn steady_state_write_is_one_op_after_1000_snapshots() {
+    let (fault, _store, img) = setup(64 << 20).await;
+    img.write(0, pattern(1, 8192)).await.expect("write");
+    for i in 0..1000 {
+        img.snap_create(&format!("s{i}")).await.expect("snap");
+    }
+    // First write to the object in the new epoch registers it once.
+    let first = counted(&fault, async {
+        img.write(0, pattern(2, 4096)).await.expect("write");
+    })
+    .await;
+    assert_eq!(
+        first.mutations, 2,
+        "data op + one-time registration: {first:?}"
+    );
+    // Steady state: an aligned 4 KiB overwrite is exactly one backend op.
+    let steady = counted(&fault, async {
+        img.write(4096, pattern(3, 4096)).await.expect("write");
+    })
+    .await;
+    assert_eq!(steady.total(), 1, "{steady:?}");
+    assert_eq!(steady.mutations, 1);
+    let again = counted(&fault, async {
+        img.write(0, pattern(4, 4096)).await.expect("write");
+    })
+    .await;
+    assert_eq!(again.total(), 1, "{again:?}");
+}
+
+#[tokio::test]
+async fn read_cost_is_independent_of_snapshot_count() {
+    let (fault, _store, img) = setup(64 << 20).await;
+    img.write(0, pattern(1, 1 << 20)).await.expect("write");
+    let before_snaps = counted(&fault, async {
+        img.read(0, 1 << 20).await.expect("read");
+    })
+    .await;
+    assert_eq!(
+        before_snaps.total(),
+        1,
+        "one contiguous run, one read: {before_snaps:?}"
+    );
+    for i in 0..500 {
+        img.write((i % 64) * 4096 + (2 << 20), pattern(i, 4096))
+            .await
+            .expect("write");
+        img.snap_create(&format!("s{i}")).await.expect("snap");
+    }
+    let after = counted(&fault, async {
+        img.read(0, 1 << 20).await.expect("read");
+    })
+    .await;
+    assert_eq!(after, before_snaps, "read cost changed with 500 snapshots");
+    // A range whose grains come from two epochs costs one read per run.
+    img.write(8192, pattern(9, 4096)).await.expect("write");
+    let split = counted(&fault, async {
+        img.read(0, 16384).await.expect("read");
+    })
+    .await;
+    assert_eq!(
+        split.reads, 3,
+        "runs: [0,8K) old, [8K,12K) new, [12K,16K) old"
+    );
+}
+
+async fn metadata_cost(data_objects: u64, size: u64) -> (OpCounts, OpCounts, OpCounts) {
+    let (fault, store, img) = setup(size).await;
+    for o in 0..data_objects {
+        img.write(o * (4 << 20), pattern(o, 64 * 1024))
+            .await
+            .expect("write");
+    }
+    img.snap_create("base").await.expect("snap");
+    img.write(0, pattern(99, 4096)).await.expect("write");
+    let snap = counted(&fault, async {
+        img.snap_create("s").await.expect("snap");
+    })
+    .await;
+    let rollback = counted(&fault, async {
+        img.snap_rollback("s").await.expect("rollback");
+    })
+    .await;
+    img.snap_set_protected("s", true).await.expect("protect");
+    let clone = counted(&fault, async {
+        store.clone_image("img", "s", "child").await.expect("clone");
+    })
+    .await;
+    (snap, rollback, clone)
+}
+
+#[tokio::test]
+async fn snapshot_rollback_and_clone_cost_does_not_grow_with_image_or_data() {
+    let small = metadata_cost(1, 8 << 20).await;
+    let large = metadata_cost(200, 1 << 30).await;
+    assert_eq!(small.0, large.0, "snapshot create");
+    assert_eq!(small.1, large.1, "rollback");
+    assert_eq!(small.2, large.2, "clone");
+    assert!(
+        small.0.total() <= 6,
+        "snapshot create is a handful of ops: {:?}",
+        small.0
+    );
+    assert_eq!(small.0.reads, 0, "snapshot create reads no data");
+    // The only read is the reclaimer re-reading the committed header.
+    assert!(small.1.reads <= 1, "rollback reads no data: {:?}", small.1);
+}
+
+#[tokio::test]
+async fn diff_costs_no_backend_ops_and_scales_with_changes() {
+    let (fault, _store, img) = setup(1 << 30).await;
+    for o in 0..100u64 {
+        img.write(o * (4 << 20), pattern(o, 4096))
+            .await
+            .expect("write");
+    }
+    img.snap_create("a").await.expect("snap");
+    for s in 0..200 {
+        img.snap_create(&format!("x{s}")).await.expect("snap");
+    }
+    img.write(5 * 4096, Bytes::from(vec![1u8; 3 * 4096]))
+        .await
+        .expect("write");
+    img.discard(40 << 20, 4096).await.expect("discard");
+    let before = fault.counts();
+    let d = img.diff(Some("a")).expect("diff");
+    assert_eq!(
+        fault.counts() - before,
+        OpCounts::default(),
+        "diff touched the backend"
+    );
+    assert_eq!(
+        d,
+        vec![
+            row_layer::DiffExtent {
+                offset: 5 * 4096,
+                length: 3 * 4096,
+                exists: true
+            },
+            row_layer::DiffExtent {
+                offset: 40 << 20,
+                length: 4096,
+                exists: false
+            },
+        ]
+    );
+    // Changed grains only, regardless of the 100 other written objects.
+    let (changed, _) = img.changed_grains(Some("a")).expect("changed");
+    assert_eq!(changed.len(), 4);
+}
+
+#[tokio::test]
+async fn removing_snapshots_reclaims_superseded_data() {
+    let mem = Arc::new(MemBackend::new());
+    let store = Store::new(mem.clone() as Arc<dyn Backend>);
+    store
+        .create("img", small_opts(4 * OBJ))
+        .await
+        .expect("create");
+    let img = store.open("img").await.expect("open");
+    // Rolling "snapshot n, overwrite, delete n-5" backups.
+    for n in 0..30u64 {
+        img.write(0, pattern(n, 4 * OBJ as usize))
+            .await
+            .expect("write");
+        img.snap_create(&format!("s{n}")).await.expect("snap");
+        if n >= 5 {
+            img.snap_remove(&format!("s{}", n - 5))
+                .await
+                .expect("remove");
+        }
+    }
+    let usage = img.space_usage().expect("usage");
+    assert_eq!(usage.head_used, 4 * OBJ);
+    // Head and five snapshots each pin one full copy at most.
+    assert!(
+        mem.stored_bytes() <= 6 * 4 * OBJ,
+        "stored {} bytes for 6 live versions of {} bytes",
+        mem.stored_bytes(),
+        4 * OBJ
+    );
+    assert_eq!(usage.snapshots.len(), 5);
+}

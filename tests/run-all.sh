@@ -1,0 +1,37 @@
+#!/usr/bin/env bash
+# The full rbd-row test suite, as CI runs it (.ci/run) and as the README says.
+#
+# 1. installs what the suite needs from Debian (Ceph 16.2 daemons and client
+#    libraries, qemu-utils, libnbd-bin, fio) when missing;
+# 2. starts the throwaway Ceph cluster (tests/ceph/cluster.sh) — the suite
+#    fails loudly if it cannot;
+# 3. runs every workspace test, then the tests that need the cluster
+#    (marked #[ignore = "needs CEPH_CONF ..."] so that a plain `cargo test`
+#    on a laptop stays offline), against that cluster;
+# 4. stops the cluster.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+need=()
+for pkg in ceph-mon ceph-osd ceph-mgr ceph-common librados-dev librbd-dev qemu-utils libnbd-bin fio; do
+    dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "ok installed" || need+=("$pkg")
+done
+if ((${#need[@]})); then
+    echo "[run-all] installing: ${need[*]}" >&2
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get update -qq
+    apt-get install -y -qq "${need[@]}" >/dev/null
+fi
+
+export RBD_ROW_CEPH_DIR="${RBD_ROW_CEPH_DIR:-/tmp/rbd-row-ceph-ci.$$}"
+cleanup() { tests/ceph/cluster.sh stop >/dev/null 2>&1 || true; }
+trap cleanup EXIT
+tests/ceph/cluster.sh start
+eval "$(tests/ceph/cluster.sh env)"
+
+export ROW_MODEL_CASES="${ROW_MODEL_CASES:-2000}"
+export ROW_CRASH_CASES="${ROW_CRASH_CASES:-3000}"
+cargo test --workspace --no-fail-fast 2>&1 | tee /tmp/rbd-row-tests.log
+cargo test --workspace --no-fail-fast -- --ignored 2>&1 | tee -a /tmp/rbd-row-tests.log
+cargo clippy --workspace --all-targets -- -D warnings
+cargo fmt --all -- --check
