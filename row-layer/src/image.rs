@@ -50,12 +50,19 @@ pub enum View {
 pub struct ImageOptions {
     /// Upper bound on cached per-object resolutions (4 bytes per grain each).
     pub max_cached_objects: usize,
+    /// How long an owner may take to answer a liveness probe before it is
+    /// considered dead, fenced and replaced.
+    pub owner_timeout: std::time::Duration,
+    /// How long a request forwarded to the owner may take.
+    pub request_timeout: std::time::Duration,
 }
 
 impl Default for ImageOptions {
     fn default() -> Self {
         ImageOptions {
             max_cached_objects: 65536,
+            owner_timeout: std::time::Duration::from_secs(5),
+            request_timeout: std::time::Duration::from_secs(60),
         }
     }
 }
@@ -87,6 +94,7 @@ pub(crate) struct Inner {
     pub(crate) state: Mutex<State>,
     pub(crate) poisoned: Mutex<Option<String>>,
     pub(crate) options: ImageOptions,
+    pub(crate) watch_id: Mutex<Option<u64>>,
 }
 
 /// An open image (head or snapshot). Cheap to clone; clones share one owner.

@@ -21,6 +21,7 @@ pub mod image;
 pub mod layout;
 pub mod lifecycle;
 pub(crate) mod lineage;
+pub mod owner;
 pub(crate) mod range_lock;
 pub mod reclaim;
 pub mod records;
@@ -30,6 +31,7 @@ pub mod store;
 
 pub use diff::DiffExtent;
 pub use image::{Image, ImageInfo, ImageOptions, View};
+pub use owner::OwnerRequest;
 pub use snapshots::SnapInfo;
 pub use space::SpaceUsage;
 pub use store::{CreateOptions, ImageEntry, Store};

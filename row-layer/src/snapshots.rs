@@ -465,6 +465,7 @@ impl Image {
     /// `flush` first for durability.
     pub async fn close(self) -> Result<()> {
         if let Some(cookie) = &self.inner.cookie {
+            self.stop_serving_ownership().await;
             let _gate = self.inner.gate.write().await;
             self.inner.backend.flush().await?;
             self.inner

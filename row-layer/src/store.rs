@@ -279,6 +279,11 @@ impl Store {
         self
     }
 
+    /// Handle options.
+    pub fn options(&self) -> &ImageOptions {
+        &self.options
+    }
+
     /// The backend.
     pub fn backend(&self) -> &Arc<dyn Backend> {
         &self.backend
@@ -414,24 +419,60 @@ impl Store {
         let id = self.image_id(name).await?;
         let hdr = layout::header_object(&id);
         let cookie = format!("{:016x}", rand::random::<u64>());
-        self.backend
-            .lock_exclusive(&hdr, layout::OWNER_LOCK, &cookie, "rbd-row owner")
-            .await
-            .map_err(|e| {
-                if e.kind() == ErrorKind::Busy {
-                    Error::busy(format!(
-                        "image {name} is owned by another client: {}",
-                        e.message()
-                    ))
-                } else {
-                    e
-                }
-            })?;
+        self.take_ownership(name, &hdr, &cookie).await?;
         let opened = self.open_owned(name, &id, &cookie).await;
         if opened.is_err() {
             let _ = self.backend.unlock(&hdr, layout::OWNER_LOCK, &cookie).await;
         }
         opened
+    }
+
+    /// Takes the exclusive lock; a holder that does not answer a liveness
+    /// probe is fenced and its lock broken.
+    async fn take_ownership(&self, name: &str, hdr: &str, cookie: &str) -> Result<()> {
+        for _ in 0..3 {
+            let err = match self
+                .backend
+                .lock_exclusive(hdr, layout::OWNER_LOCK, cookie, "rbd-row owner")
+                .await
+            {
+                Ok(()) => return Ok(()),
+                Err(e) if e.kind() == ErrorKind::Busy => e,
+                Err(e) => return Err(e),
+            };
+            let owners = self.backend.lock_owners(hdr, layout::OWNER_LOCK).await?;
+            let Some(owner) = owners.into_iter().next() else {
+                continue; // released meanwhile
+            };
+            if self.owner_alive(name, &owner).await? {
+                return Err(Error::busy(format!(
+                    "image {name} is owned by {} at {} (cookie {}): {}",
+                    owner.client,
+                    owner.address,
+                    owner.cookie,
+                    err.message()
+                )));
+            }
+            tracing::warn!(
+                image = name,
+                owner = %owner.client,
+                address = %owner.address,
+                "owner does not answer: fencing it and breaking its lock"
+            );
+            self.backend.fence(&owner).await?;
+            match self
+                .backend
+                .break_lock(hdr, layout::OWNER_LOCK, &owner)
+                .await
+            {
+                Ok(()) => {}
+                Err(e) if e.kind() == ErrorKind::NotFound => {}
+                Err(e) => return Err(e),
+            }
+        }
+        Err(Error::busy(format!(
+            "could not take ownership of image {name}"
+        )))
     }
 
     async fn open_owned(&self, name: &str, id: &ImageId, cookie: &str) -> Result<Image> {
@@ -497,6 +538,7 @@ impl Store {
             }
         }
         image.reclaim().await?;
+        image.serve_ownership().await?;
         Ok(image)
     }
 
@@ -557,6 +599,7 @@ impl Store {
                 state: Mutex::new(state),
                 poisoned: Mutex::new(None),
                 options: self.options.clone(),
+                watch_id: Mutex::new(None),
             }),
         }
     }

@@ -1059,6 +1059,26 @@ impl Backend for RadosBackend {
         async move { self.unwatch_impl(watch_id).await }.boxed()
     }
 
+    fn fence(&self, owner: &LockOwner) -> BoxFuture<'_, Result<()>> {
+        let addr = owner.address.clone();
+        async move {
+            if addr.is_empty() {
+                return Err(Error::new(
+                    ErrorKind::InvalidInput,
+                    "cannot fence a lock owner without an address",
+                ));
+            }
+            // A stale handle of this very client (dropped without closing)
+            // must not make us blocklist ourselves.
+            if self.cluster.instance_addr().ok().as_deref() == Some(addr.as_str()) {
+                tracing::warn!(%addr, "not fencing this client's own address");
+                return Ok(());
+            }
+            self.cluster.blocklist_add(&addr).await
+        }
+        .boxed()
+    }
+
     fn notify(
         &self,
         oid: &str,

@@ -248,6 +248,10 @@ impl Backend for FaultBackend {
         self.inner.unwatch(watch_id)
     }
 
+    fn fence(&self, owner: &LockOwner) -> BoxFuture<'_, Result<()>> {
+        self.inner.fence(owner)
+    }
+
     fn notify(
         &self,
         oid: &str,

@@ -399,6 +399,11 @@ impl Backend for MemBackend {
         async { Ok(()) }.boxed()
     }
 
+    fn fence(&self, owner: &LockOwner) -> BoxFuture<'_, Result<()>> {
+        let _ = owner;
+        async { Ok(()) }.boxed()
+    }
+
     fn notify(
         &self,
         oid: &str,

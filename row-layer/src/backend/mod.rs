@@ -244,6 +244,12 @@ pub trait Backend: Send + Sync + 'static {
     /// Stops a watch.
     fn unwatch(&self, watch_id: u64) -> BoxFuture<'_, Result<()>>;
 
+    /// Fences the client holding `owner` so that none of its operations can
+    /// take effect any more (RADOS: `osd blocklist add` of its address).
+    /// In-process backends have one client per process and fence nothing:
+    /// there the owner-xattr guard stops a stale handle's metadata commits.
+    fn fence(&self, owner: &LockOwner) -> BoxFuture<'_, Result<()>>;
+
     /// Sends `payload` to every watcher of `oid` and collects their replies
     /// (watchers that do not answer within `timeout` are left out).
     fn notify(

@@ -1,6 +1,9 @@
 //! Shared test support: the naive oracle and helpers.
 #![allow(dead_code, unreachable_pub)]
 
+pub mod crash_impl;
+pub mod model_impl;
+
 use bytes::Bytes;
 use row_layer::{CreateOptions, Image};
 

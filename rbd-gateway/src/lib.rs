@@ -1,0 +1,18 @@
+//! `rbd-gateway`: serves row-layer images over NBD.
+//!
+//! * [`ImageExport`] — one image (head, or read-only snapshot view) as an
+//!   [`row_nbd::ExportBackend`], with `base:allocation` and
+//!   `rbd-row:diff:<snap>` / `qemu:dirty-bitmap:<snap>` block status answered
+//!   from the image map.
+//! * [`ImageRegistry`] — export names (`[pool/[namespace/]]image[@snap]`) →
+//!   exports; heads are opened once and shared by all connections.
+//! * [`run_gateway`] / [`Gateway`] — listeners, `/metrics`, graceful shutdown
+//!   (what the `rbd-gateway` binary runs).
+
+mod export;
+mod gateway;
+mod registry;
+
+pub use export::{export_error, ImageExport, DIFF_CONTEXT_PREFIX, DIRTY, QEMU_DIRTY_BITMAP_PREFIX};
+pub use gateway::{run_gateway, Gateway, GatewayConfig};
+pub use registry::{ExportSelection, ExportSpec, ImageRegistry};
