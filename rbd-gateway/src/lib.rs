@@ -9,6 +9,7 @@
 //! * [`run_gateway`] / [`Gateway`] — listeners, `/metrics`, graceful shutdown
 //!   (what the `rbd-gateway` binary runs).
 
+#![warn(clippy::unwrap_used)]
 mod export;
 mod gateway;
 mod registry;

@@ -7,6 +7,7 @@
 //! cloning one only touches metadata. See `docs/DESIGN.md` for the data
 //! model, the crash-consistency argument and the cost of every operation.
 
+#![warn(clippy::unwrap_used)]
 pub mod backend;
 pub mod envelope;
 pub mod error;

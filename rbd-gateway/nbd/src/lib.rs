@@ -37,6 +37,7 @@
 //! # }
 //! ```
 
+#![warn(clippy::unwrap_used)]
 mod backend;
 mod handshake;
 mod metrics;

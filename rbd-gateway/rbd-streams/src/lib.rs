@@ -16,6 +16,7 @@
 //! malformed input: every problem is an [`Error`] with a distinct
 //! [`StreamErrorKind`].
 
+#![warn(clippy::unwrap_used)]
 mod diff_reader;
 mod diff_writer;
 mod error;

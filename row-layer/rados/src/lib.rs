@@ -44,6 +44,7 @@
 //! `XattrEquals` guard with an empty value also holds when the xattr is
 //! absent (on an existing object).
 
+#![warn(clippy::unwrap_used)]
 mod aio;
 mod backend;
 mod cluster;

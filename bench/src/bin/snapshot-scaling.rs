@@ -1,0 +1,142 @@
+//! The headline benchmark: 4 KiB random-write IOPS as snapshots accumulate,
+//! rbd-row (the engine on RADOS) against native RBD (`rbd bench`), side by
+//! side on the same cluster in one run. Between steps, `--churn` random 4 KiB
+//! writes follow each new snapshot (as in the reference measurements), so
+//! native RBD has clones to make and rbd-row has epochs to resolve through.
+//!
+//! ```sh
+//! tests/ceph/cluster.sh start && eval "$(tests/ceph/cluster.sh env)"
+//! cargo run --release -p rbd-row-bench --bin snapshot-scaling -- --size 1G
+//! ```
+//! Prints one row per snapshot count with both IOPS and the ratio.
+
+use anyhow::{bail, Context};
+use clap::Parser;
+use row_layer::{CreateOptions, Store};
+use row_rados::{ClusterConfig, RadosCluster};
+use std::process::Command;
+use std::sync::Arc;
+
+#[derive(Parser)]
+struct Args {
+    /// Image size (bytes or K/M/G suffix).
+    #[arg(long, default_value = "1G")]
+    size: String,
+    /// Pool to use.
+    #[arg(long, default_value = "rbd")]
+    pool: String,
+    /// Snapshot counts to measure at.
+    #[arg(long, value_delimiter = ',', default_value = "0,1,2,4,8,16,32,64")]
+    steps: Vec<u32>,
+    /// Writes per measurement.
+    #[arg(long, default_value_t = 8000)]
+    ops: u64,
+    /// Writes in flight.
+    #[arg(long, default_value_t = 16)]
+    depth: usize,
+    /// Random writes after each snapshot (between steps).
+    #[arg(long, default_value_t = 2000)]
+    churn: u64,
+    /// Skip filling the images first.
+    #[arg(long)]
+    no_fill: bool,
+    /// Let native RBD use librbd's writeback cache. Off by default: rbd-row
+    /// acknowledges a write only once RADOS has committed it, so the fair
+    /// comparison is native RBD with `rbd_cache=false`.
+    #[arg(long)]
+    native_cache: bool,
+}
+
+fn parse_size(s: &str) -> anyhow::Result<u64> {
+    let (num, mult) = match s.chars().last() {
+        Some('K' | 'k') => (&s[..s.len() - 1], 1u64 << 10),
+        Some('M' | 'm') => (&s[..s.len() - 1], 1 << 20),
+        Some('G' | 'g') => (&s[..s.len() - 1], 1 << 30),
+        _ => (s, 1),
+    };
+    Ok(num.parse::<u64>().context("size")? * mult)
+}
+
+fn rbd(args: &[&str]) -> anyhow::Result<String> {
+    let out = Command::new("rbd").args(args).output().context("running rbd")?;
+    if !out.status.success() {
+        bail!("rbd {}: {}", args.join(" "), String::from_utf8_lossy(&out.stderr));
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+fn native_bench(spec: &str, ops: u64, depth: usize, cache: bool) -> anyhow::Result<f64> {
+    let total = (ops * 4096).to_string();
+    let threads = depth.to_string();
+    let cache = format!("--rbd_cache={cache}");
+    let out = rbd(&[
+        "bench", &cache, "--io-type", "write", "--io-size", "4K", "--io-threads", &threads,
+        "--io-total", &total, "--io-pattern", "rand", spec,
+    ])?;
+    rbd_row_bench::parse_rbd_bench(&out).context("parsing rbd bench output")
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    let size = parse_size(&args.size)?;
+    let tag = format!("{}", std::process::id());
+    let native = format!("{}/bench-native-{tag}", args.pool);
+    let ns = format!("bench-{tag}");
+
+    let cluster = RadosCluster::connect(ClusterConfig::default())
+        .await
+        .context("connecting (set CEPH_CONF)")?;
+    let store = Store::new(Arc::new(cluster.open_pool(&args.pool, &ns).await?));
+    store.create("row", CreateOptions::with_size(size)).await?;
+    let img = store.open("row").await?;
+    rbd(&["create", "--size", &format!("{}", size >> 20), &native])?;
+
+    if !args.no_fill {
+        eprintln!("filling both images ({} MiB each)...", size >> 20);
+        rbd_row_bench::fill(&img, 4 << 20, 16).await?;
+        rbd(&[
+            "bench", "--io-type", "write", "--io-size", "4M", "--io-threads", "16",
+            "--io-total", &size.to_string(), "--io-pattern", "seq", &native,
+        ])?;
+    }
+    println!(
+        "# 4 KiB random writes, {} in flight, {} MiB image; native rbd_cache={}",
+        args.depth,
+        size >> 20,
+        args.native_cache
+    );
+    println!("snapshots  native_iops  rbd_row_iops  ratio(rbd-row/native)");
+    let mut taken = 0u32;
+    for &target in &args.steps {
+        while taken < target {
+            rbd(&["snap", "create", &format!("{native}@s{taken}")])?;
+            img.snap_create(&format!("s{taken}")).await?;
+            native_bench(&native, args.churn, args.depth, args.native_cache)?;
+            rbd_row_bench::random_writes(&img, 4096, args.churn, args.depth, u64::from(taken)).await?;
+            taken += 1;
+        }
+        // Interleave the two measurements so machine noise hits both.
+        let n1 = native_bench(&native, args.ops, args.depth, args.native_cache)?;
+        let r1 = rbd_row_bench::random_writes(&img, 4096, args.ops, args.depth, 1000 + u64::from(target))
+            .await?
+            .iops();
+        let n2 = native_bench(&native, args.ops, args.depth, args.native_cache)?;
+        let r2 = rbd_row_bench::random_writes(&img, 4096, args.ops, args.depth, 2000 + u64::from(target))
+            .await?
+            .iops();
+        let (n, r) = ((n1 + n2) / 2.0, (r1 + r2) / 2.0);
+        println!("{target:>9}  {n:>11.0}  {r:>12.0}  {:>6.2}", r / n);
+    }
+    // Clean up both images.
+    img.close().await?;
+    let _ = rbd(&["snap", "purge", &native]);
+    let _ = rbd(&["rm", &native]);
+    let img = store.open("row").await?;
+    for s in img.snap_list() {
+        img.snap_remove(&s.name).await?;
+    }
+    img.close().await?;
+    store.remove("row").await?;
+    Ok(())
+}

@@ -1,0 +1,115 @@
+//! Benchmark support: a random-write workload on a row-layer image with a
+//! bounded number of writes in flight, and parsing of `rbd bench` output, so
+//! that rbd-row and native RBD are measured side by side in one run.
+#![warn(clippy::unwrap_used)]
+
+use bytes::Bytes;
+use rand::{rngs::SmallRng, Rng, SeedableRng};
+use row_layer::Image;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio::sync::Semaphore;
+
+/// Result of one timed run.
+#[derive(Debug, Clone, Copy)]
+pub struct Throughput {
+    /// Operations completed.
+    pub ops: u64,
+    /// Wall time.
+    pub elapsed: Duration,
+}
+
+impl Throughput {
+    /// Operations per second.
+    pub fn iops(&self) -> f64 {
+        self.ops as f64 / self.elapsed.as_secs_f64().max(1e-9)
+    }
+}
+
+/// `ops` random, `io_size`-aligned writes of `io_size` bytes with at most
+/// `depth` in flight, like `rbd bench --io-type write --io-pattern rand`.
+pub async fn random_writes(
+    img: &Image,
+    io_size: u64,
+    ops: u64,
+    depth: usize,
+    seed: u64,
+) -> anyhow::Result<Throughput> {
+    let slots = img.size() / io_size;
+    anyhow::ensure!(slots > 0, "image smaller than one I/O");
+    let mut rng = SmallRng::seed_from_u64(seed);
+    let payload = Bytes::from((0..io_size).map(|i| (i * 31 + seed) as u8).collect::<Vec<u8>>());
+    let sem = Arc::new(Semaphore::new(depth));
+    let mut tasks = tokio::task::JoinSet::new();
+    let start = Instant::now();
+    for _ in 0..ops {
+        let permit = sem.clone().acquire_owned().await?;
+        let img = img.clone();
+        let off = rng.gen_range(0..slots) * io_size;
+        let data = payload.clone();
+        tasks.spawn(async move {
+            let r = img.write(off, data).await;
+            drop(permit);
+            r
+        });
+        while let Some(done) = tasks.try_join_next() {
+            done??;
+        }
+    }
+    while let Some(done) = tasks.join_next().await {
+        done??;
+    }
+    Ok(Throughput {
+        ops,
+        elapsed: start.elapsed(),
+    })
+}
+
+/// Sequential writes of the whole image (to fill it before measuring).
+pub async fn fill(img: &Image, chunk: u64, depth: usize) -> anyhow::Result<()> {
+    let sem = Arc::new(Semaphore::new(depth));
+    let mut tasks = tokio::task::JoinSet::new();
+    let data = Bytes::from(vec![0x5a; chunk as usize]);
+    let mut off = 0;
+    while off < img.size() {
+        let len = chunk.min(img.size() - off);
+        let permit = sem.clone().acquire_owned().await?;
+        let img = img.clone();
+        let d = data.slice(..len as usize);
+        tasks.spawn(async move {
+            let r = img.write(off, d).await;
+            drop(permit);
+            r
+        });
+        off += len;
+    }
+    while let Some(done) = tasks.join_next().await {
+        done??;
+    }
+    img.flush().await?;
+    Ok(())
+}
+
+/// Parses the summary line of `rbd bench`
+/// (`elapsed: 10   ops: 2000  ops/sec: 199.9  bytes/sec: 818768.2`).
+pub fn parse_rbd_bench(output: &str) -> Option<f64> {
+    let line = output.lines().rev().find(|l| l.contains("ops/sec:"))?;
+    let mut words = line.split_whitespace();
+    while let Some(w) = words.next() {
+        if w == "ops/sec:" {
+            return words.next()?.parse().ok();
+        }
+    }
+    None
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn parses_rbd_bench_summary() {
+        let out = "  SEC       OPS   OPS/SEC   BYTES/SEC\n    1      5000   5010.2    20 MiB/s\n\
+                   elapsed: 1   ops: 5000   ops/sec: 4967.52   bytes/sec: 19 MiB/s\n";
+        assert_eq!(super::parse_rbd_bench(out), Some(4967.52));
+        assert_eq!(super::parse_rbd_bench("nothing"), None);
+    }
+}
