@@ -110,6 +110,11 @@ pub struct ImageRegistry {
 }
 
 impl ImageRegistry {
+    /// The store the exports come from.
+    pub fn store(&self) -> &Store {
+        &self.store
+    }
+
     /// Registry over `store`. Fails on a malformed `--export` spec.
     pub fn new(store: Store, selection: ExportSelection, read_only: bool) -> Result<Self, String> {
         let allowed = match &selection {
