@@ -11,9 +11,14 @@ use std::sync::Arc;
 fn image(rt: &tokio::runtime::Runtime, snapshots: u32) -> Image {
     rt.block_on(async {
         let store = Store::new(Arc::new(MemBackend::new()));
-        store.create("img", CreateOptions::with_size(256 << 20)).await.expect("create");
+        store
+            .create("img", CreateOptions::with_size(256 << 20))
+            .await
+            .expect("create");
         let img = store.open("img").await.expect("open");
-        img.write(0, Bytes::from(vec![1u8; 16 << 20])).await.expect("fill");
+        img.write(0, Bytes::from(vec![1u8; 16 << 20]))
+            .await
+            .expect("fill");
         for i in 0..snapshots {
             img.write(u64::from(i % 4096) * 4096, Bytes::from(vec![2u8; 4096]))
                 .await
@@ -25,7 +30,9 @@ fn image(rt: &tokio::runtime::Runtime, snapshots: u32) -> Image {
 }
 
 fn bench(c: &mut Criterion) {
-    let rt = tokio::runtime::Builder::new_current_thread().build().expect("runtime");
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .build()
+        .expect("runtime");
     for snaps in [0u32, 1000] {
         let img = image(&rt, snaps);
         let data = Bytes::from(vec![3u8; 4096]);

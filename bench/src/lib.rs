@@ -38,7 +38,11 @@ pub async fn random_writes(
     let slots = img.size() / io_size;
     anyhow::ensure!(slots > 0, "image smaller than one I/O");
     let mut rng = SmallRng::seed_from_u64(seed);
-    let payload = Bytes::from((0..io_size).map(|i| (i * 31 + seed) as u8).collect::<Vec<u8>>());
+    let payload = Bytes::from(
+        (0..io_size)
+            .map(|i| (i * 31 + seed) as u8)
+            .collect::<Vec<u8>>(),
+    );
     let sem = Arc::new(Semaphore::new(depth));
     let mut tasks = tokio::task::JoinSet::new();
     let start = Instant::now();

@@ -239,6 +239,7 @@ impl ExportBackend for ImageExport {
     fn description(&self) -> Option<String> {
         Some(match self.image.view() {
             row_layer::View::Head => format!("rbd-row image {}", self.name),
+            row_layer::View::HeadReadOnly => format!("rbd-row image {} (read-only)", self.name),
             row_layer::View::Snapshot { .. } => format!("rbd-row snapshot {}", self.name),
         })
     }

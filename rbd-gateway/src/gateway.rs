@@ -7,7 +7,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{anyhow, Context};
-use row_layer::Store;
+use rbd_row_cli::spec::DEFAULT_POOL;
+use rbd_row_cli::store_select::Stores;
+use row_layer::backend::fault::OpCounts;
+use row_layer::ImageOptions;
 use row_nbd::{serve, ExportRegistry, Metrics, ServerConfig};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
@@ -15,11 +18,20 @@ use tokio::sync::watch;
 use tracing::{debug, info, warn};
 
 use crate::registry::{ExportSelection, ImageRegistry};
+use crate::stats::MetricsSource;
 
 /// Everything [`run_gateway`] needs.
 pub struct GatewayConfig {
-    /// The image store.
-    pub store: Store,
+    /// The stores of the selected target (local directory or Ceph
+    /// cluster), shared with whoever else uses them in this process.
+    pub stores: Arc<Stores>,
+    /// Pool of export specs that name none (and listed by
+    /// `--export-all`); `rbd` by default.
+    pub default_pool: String,
+    /// Namespace of export specs that name none (`""`, the default).
+    pub default_namespace: String,
+    /// Handle options for the images the gateway opens.
+    pub image_options: ImageOptions,
     /// NBD listen addresses (port 0 picks a free port).
     pub listen: Vec<SocketAddr>,
     /// What is exported.
@@ -33,10 +45,14 @@ pub struct GatewayConfig {
 }
 
 impl GatewayConfig {
-    /// Defaults: listen on `127.0.0.1:10809`, no metrics, read-write.
-    pub fn new(store: Store, exports: ExportSelection) -> Self {
+    /// Defaults: listen on `127.0.0.1:10809`, pool `rbd`, default
+    /// namespace, no metrics, read-write.
+    pub fn new(stores: Arc<Stores>, exports: ExportSelection) -> Self {
         GatewayConfig {
-            store,
+            stores,
+            default_pool: DEFAULT_POOL.to_owned(),
+            default_namespace: String::new(),
+            image_options: ImageOptions::default(),
             listen: vec![SocketAddr::from(([127, 0, 0, 1], 10809))],
             exports,
             read_only: false,
@@ -56,13 +72,23 @@ pub struct Gateway {
 
 impl Gateway {
     /// Validates the exports (opening every configured head, which takes
-    /// ownership of it) and binds every socket.
+    /// ownership of it) and binds every socket. The registry wraps the
+    /// backend of every store it opens in a counting
+    /// [`row_layer::backend::fault::FaultBackend`] (no faults armed) for
+    /// `rbd_row_backend_ops_total`.
     pub async fn bind(config: GatewayConfig) -> anyhow::Result<Self> {
         if config.listen.is_empty() {
             return Err(anyhow!("no listen address"));
         }
-        let registry = ImageRegistry::new(config.store, config.exports, config.read_only)
-            .map_err(|e| anyhow!(e))?;
+        let registry = ImageRegistry::with_defaults(
+            config.stores,
+            &config.default_pool,
+            &config.default_namespace,
+            config.exports,
+            config.read_only,
+        )
+        .map_err(|e| anyhow!(e))?
+        .with_image_options(config.image_options);
         let registry = Arc::new(registry);
         registry
             .refresh_list()
@@ -123,6 +149,11 @@ impl Gateway {
         self.server.metrics.clone()
     }
 
+    /// Calls that reached the store backend so far.
+    pub fn backend_ops(&self) -> OpCounts {
+        self.registry.backend_ops()
+    }
+
     /// Serves until `shutdown` resolves; then stops accepting, drains the
     /// connections (bounded by the server's drain timeout), flushes and
     /// closes the images.
@@ -137,8 +168,11 @@ impl Gateway {
         }
         let mut aux = tokio::task::JoinSet::new();
         if let Some(l) = self.metrics_listener {
-            let metrics = self.server.metrics.clone();
-            aux.spawn(serve_metrics(l, metrics, stopped(stop_rx.clone())));
+            let source = MetricsSource {
+                nbd: self.server.metrics.clone(),
+                registry: self.registry.clone(),
+            };
+            aux.spawn(serve_metrics(l, source, stopped(stop_rx.clone())));
         }
         {
             let registry = self.registry.clone();
@@ -197,6 +231,10 @@ pub async fn run_gateway(
     if let Some(addr) = gw.metrics_addr() {
         info!(%addr, "serving metrics at /metrics");
     }
+    match &gw.server.tls {
+        Some(t) if t.acceptor.is_some() => info!(required = t.required, "TLS enabled"),
+        _ => {}
+    }
     gw.run(shutdown).await
 }
 
@@ -214,7 +252,7 @@ async fn stopped(mut rx: watch::Receiver<bool>) {
 /// Minimal HTTP/1.0 responder: `GET /metrics` → Prometheus text format.
 async fn serve_metrics(
     listener: TcpListener,
-    metrics: Arc<Metrics>,
+    source: MetricsSource,
     shutdown: impl Future<Output = ()>,
 ) {
     tokio::pin!(shutdown);
@@ -223,11 +261,11 @@ async fn serve_metrics(
             _ = &mut shutdown => return,
             accepted = listener.accept() => match accepted {
                 Ok((sock, peer)) => {
-                    let metrics = metrics.clone();
+                    let source = source.clone();
                     tokio::spawn(async move {
                         let r = tokio::time::timeout(
                             Duration::from_secs(10),
-                            metrics_request(sock, &metrics),
+                            metrics_request(sock, &source),
                         )
                         .await;
                         match r {
@@ -249,7 +287,7 @@ async fn serve_metrics(
 /// Largest request head accepted by the metrics responder.
 const MAX_HTTP_HEAD: usize = 8192;
 
-async fn metrics_request(mut sock: TcpStream, metrics: &Metrics) -> std::io::Result<()> {
+async fn metrics_request(mut sock: TcpStream, source: &MetricsSource) -> std::io::Result<()> {
     let mut buf = Vec::with_capacity(1024);
     let mut chunk = [0u8; 1024];
     loop {
@@ -272,7 +310,7 @@ async fn metrics_request(mut sock: TcpStream, metrics: &Metrics) -> std::io::Res
     let target = words.next().unwrap_or("");
     let path = target.split('?').next().unwrap_or("");
     let (status, body) = match (method, path) {
-        ("GET", "/metrics") | ("HEAD", "/metrics") => ("200 OK", metrics.render_prometheus()),
+        ("GET", "/metrics") | ("HEAD", "/metrics") => ("200 OK", source.render().await),
         ("GET", _) | ("HEAD", _) => ("404 Not Found", "not found\n".to_owned()),
         _ => ("405 Method Not Allowed", "method not allowed\n".to_owned()),
     };

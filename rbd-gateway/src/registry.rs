@@ -1,8 +1,12 @@
 //! [`ImageRegistry`]: NBD export names → row-layer images.
 //!
-//! Export names follow rbd's image spec: `[pool/[namespace/]]image[@snap]`.
-//! The local store has one pool and one namespace, so both are accepted and
-//! ignored (they become meaningful with a RADOS backend). `image` is the
+//! Export names follow rbd's image spec: `[pool/[namespace/]]image[@snap]`,
+//! resolved as `rbd-row` resolves them: a missing pool is the gateway's
+//! default pool (`rbd` unless `--pool`), a missing namespace its default
+//! namespace (`""` unless `--namespace`). Each (pool, namespace) is its own
+//! [`Store`], opened through the CLI's [`Stores`] (local store:
+//! `DIR/<pool>[/<namespace>]`; Ceph: the RADOS pool and namespace), so the
+//! gateway and `rbd-row` agree on where every image lives. `image` is the
 //! read-write head, opened once (the engine makes its opener the exclusive
 //! owner) and shared by every connection, so a flush on one connection covers
 //! writes of all of them (`CAN_MULTI_CONN`). `image@snap` is a read-only
@@ -12,7 +16,10 @@ use std::collections::BTreeMap;
 use std::fmt;
 use std::sync::{Arc, Mutex};
 
-use row_layer::{Image, Store};
+use rbd_row_cli::spec::DEFAULT_POOL;
+use rbd_row_cli::store_select::Stores;
+use row_layer::backend::fault::{FaultBackend, OpCounts};
+use row_layer::{Image, ImageOptions, Store};
 use row_nbd::{BoxFuture, ExportBackend, ExportError, ExportRegistry, ExportResult};
 use tracing::{info, warn};
 
@@ -21,9 +28,9 @@ use crate::export::{export_error, ImageExport};
 /// A parsed export name: `[pool/[namespace/]]image[@snap]`.
 #[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct ExportSpec {
-    /// Pool, if given (ignored by the local store).
+    /// Pool, if given (else the gateway's default pool).
     pub pool: Option<String>,
-    /// Namespace, if given (ignored by the local store).
+    /// Namespace, if given (else the gateway's default namespace).
     pub namespace: Option<String>,
     /// Image name.
     pub image: String,
@@ -63,7 +70,7 @@ impl ExportSpec {
         })
     }
 
-    /// The name in the local store: `image` or `image@snap`.
+    /// The name within its pool and namespace: `image` or `image@snap`.
     pub fn local_name(&self) -> String {
         match &self.snap {
             Some(s) => format!("{}@{s}", self.image),
@@ -87,8 +94,9 @@ impl fmt::Display for ExportSpec {
 /// Which exports a gateway serves.
 #[derive(Clone, Debug)]
 pub enum ExportSelection {
-    /// Every image of the store (`--export-all`): `NBD_OPT_LIST` announces
-    /// every image head; any `image` or `image@snap` may be opened.
+    /// Every image of the default pool and namespace (`--export-all`):
+    /// `NBD_OPT_LIST` announces every image head there; any `image` or
+    /// `image@snap` (of any pool) may be opened.
     All,
     /// Only these (`--export SPEC ...`). An `image` entry also permits its
     /// snapshots as read-only `image@snap`; an `image@snap` entry permits
@@ -96,41 +104,190 @@ pub enum ExportSelection {
     Only(Vec<String>),
 }
 
-/// Registry of the exports of one store.
-pub struct ImageRegistry {
+/// Where an image lives: (pool, namespace, image).
+pub type ImageKey = (String, String, String);
+
+/// One opened (pool, namespace) store, with its backend wrapped in a
+/// counting [`FaultBackend`] (no faults armed).
+struct PoolStore {
     store: Store,
+    counter: Arc<FaultBackend>,
+}
+
+/// Registry of the exports of the stores of one target (local directory or
+/// Ceph cluster).
+pub struct ImageRegistry {
+    stores: Arc<Stores>,
+    default_pool: String,
+    default_namespace: String,
+    image_options: ImageOptions,
     selection: ExportSelection,
     allowed: Vec<ExportSpec>,
+    /// `allowed`, resolved against the defaults.
+    allowed_keys: Vec<(ImageKey, Option<String>)>,
     read_only: bool,
-    /// Open heads by image name, shared by all connections.
-    heads: tokio::sync::Mutex<BTreeMap<String, Image>>,
+    /// The (pool, namespace) stores opened so far.
+    pools: Mutex<BTreeMap<(String, String), Arc<PoolStore>>>,
+    /// Open heads by (pool, namespace, image), shared by all connections.
+    heads: tokio::sync::Mutex<BTreeMap<ImageKey, Image>>,
     /// Image names announced with `--export-all` (refreshed by
     /// [`ImageRegistry::refresh_list`]; `list` must not block).
     listed: Mutex<Vec<String>>,
 }
 
 impl ImageRegistry {
-    /// The store the exports come from.
-    pub fn store(&self) -> &Store {
-        &self.store
+    /// Registry over `stores` with the default pool `rbd` and the default
+    /// namespace. Fails on a malformed `--export` spec.
+    pub fn new(
+        stores: Arc<Stores>,
+        selection: ExportSelection,
+        read_only: bool,
+    ) -> Result<Self, String> {
+        Self::with_defaults(stores, DEFAULT_POOL, "", selection, read_only)
     }
 
-    /// Registry over `store`. Fails on a malformed `--export` spec.
-    pub fn new(store: Store, selection: ExportSelection, read_only: bool) -> Result<Self, String> {
-        let allowed = match &selection {
+    /// Registry over `stores`; specs without a pool (namespace) resolve to
+    /// `default_pool` (`default_namespace`). Fails on a malformed `--export`
+    /// spec.
+    pub fn with_defaults(
+        stores: Arc<Stores>,
+        default_pool: &str,
+        default_namespace: &str,
+        selection: ExportSelection,
+        read_only: bool,
+    ) -> Result<Self, String> {
+        if default_pool.is_empty() || default_pool.contains(['/', '@']) {
+            return Err(format!("bad default pool {default_pool:?}"));
+        }
+        if default_namespace.contains(['/', '@']) {
+            return Err(format!("bad default namespace {default_namespace:?}"));
+        }
+        let allowed: Vec<ExportSpec> = match &selection {
             ExportSelection::All => Vec::new(),
             ExportSelection::Only(specs) => specs
                 .iter()
                 .map(|s| ExportSpec::parse(s))
                 .collect::<Result<_, _>>()?,
         };
-        Ok(ImageRegistry {
-            store,
+        let mut reg = ImageRegistry {
+            stores,
+            default_pool: default_pool.to_owned(),
+            default_namespace: default_namespace.to_owned(),
+            image_options: ImageOptions::default(),
             selection,
+            allowed_keys: Vec::new(),
             allowed,
             read_only,
+            pools: Mutex::new(BTreeMap::new()),
             heads: tokio::sync::Mutex::new(BTreeMap::new()),
             listed: Mutex::new(Vec::new()),
+        };
+        reg.allowed_keys = reg
+            .allowed
+            .iter()
+            .map(|a| (reg.key(a), a.snap.clone()))
+            .collect();
+        Ok(reg)
+    }
+
+    /// Handle options for the images this registry opens.
+    pub fn with_image_options(mut self, options: ImageOptions) -> Self {
+        self.image_options = options;
+        self
+    }
+
+    /// The stores the exports come from.
+    pub fn stores(&self) -> &Arc<Stores> {
+        &self.stores
+    }
+
+    /// The pool of specs that name none.
+    pub fn default_pool(&self) -> &str {
+        &self.default_pool
+    }
+
+    /// The namespace of specs that name none (`""`: the default namespace).
+    pub fn default_namespace(&self) -> &str {
+        &self.default_namespace
+    }
+
+    /// Where the image of `spec` lives.
+    pub fn key(&self, spec: &ExportSpec) -> ImageKey {
+        (
+            spec.pool
+                .clone()
+                .unwrap_or_else(|| self.default_pool.clone()),
+            spec.namespace
+                .clone()
+                .unwrap_or_else(|| self.default_namespace.clone()),
+            spec.image.clone(),
+        )
+    }
+
+    /// The short display name of `key`: the bare image name in the default
+    /// pool and namespace, else `pool/[namespace/]image`.
+    pub fn display_name(&self, key: &ImageKey) -> String {
+        let (pool, ns, image) = key;
+        if *pool == self.default_pool && *ns == self.default_namespace {
+            image.clone()
+        } else if ns.is_empty() {
+            format!("{pool}/{image}")
+        } else {
+            format!("{pool}/{ns}/{image}")
+        }
+    }
+
+    /// The store of `pool`/`namespace`, as the gateway uses it (backend
+    /// calls counted). `Ok(None)`: a local pool directory that does not
+    /// exist (so nothing is in it); it is never created here.
+    pub async fn store(&self, pool: &str, namespace: &str) -> row_layer::Result<Option<Store>> {
+        Ok(self
+            .pool_store(pool, namespace)
+            .await?
+            .map(|p| p.store.clone()))
+    }
+
+    async fn pool_store(
+        &self,
+        pool: &str,
+        namespace: &str,
+    ) -> row_layer::Result<Option<Arc<PoolStore>>> {
+        let k = (pool.to_owned(), namespace.to_owned());
+        if let Some(p) = self.lock_pools().get(&k) {
+            return Ok(Some(p.clone()));
+        }
+        let Some(inner) = self
+            .stores
+            .get(pool, namespace, false)
+            .await
+            .map_err(cli_error)?
+        else {
+            return Ok(None);
+        };
+        let mut pools = self.lock_pools();
+        let p = pools.entry(k).or_insert_with(|| {
+            let counter = Arc::new(FaultBackend::new(inner.backend().clone()));
+            let store = Store::new(counter.clone()).with_image_options(self.image_options.clone());
+            Arc::new(PoolStore { store, counter })
+        });
+        Ok(Some(p.clone()))
+    }
+
+    fn lock_pools(&self) -> std::sync::MutexGuard<'_, BTreeMap<(String, String), Arc<PoolStore>>> {
+        self.pools.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Calls that reached the backends of every store opened so far.
+    pub fn backend_ops(&self) -> OpCounts {
+        let pools: Vec<Arc<PoolStore>> = self.lock_pools().values().cloned().collect();
+        pools.iter().fold(OpCounts::default(), |a, p| {
+            let c = p.counter.counts();
+            OpCounts {
+                reads: a.reads + c.reads,
+                metadata_reads: a.metadata_reads + c.metadata_reads,
+                mutations: a.mutations + c.mutations,
+                flushes: a.flushes + c.flushes,
+            }
         })
     }
 
@@ -144,26 +301,27 @@ impl ImageRegistry {
         &self.allowed
     }
 
-    fn permitted(&self, spec: &ExportSpec) -> bool {
+    fn permitted(&self, key: &ImageKey, snap: &Option<String>) -> bool {
         match self.selection {
             ExportSelection::All => true,
             ExportSelection::Only(_) => self
-                .allowed
+                .allowed_keys
                 .iter()
-                .any(|a| a.image == spec.image && (a.snap.is_none() || a.snap == spec.snap)),
+                .any(|(k, s)| k == key && (s.is_none() || s == snap)),
         }
     }
 
-    /// Re-reads the image list announced under `--export-all`.
+    /// Re-reads the image list announced under `--export-all` (the images
+    /// of the default pool and namespace).
     pub async fn refresh_list(&self) -> row_layer::Result<()> {
         if let ExportSelection::All = self.selection {
-            let names: Vec<String> = self
-                .store
-                .list()
+            let names: Vec<String> = match self
+                .store(&self.default_pool, &self.default_namespace)
                 .await?
-                .into_iter()
-                .map(|e| e.name)
-                .collect();
+            {
+                Some(store) => store.list().await?.into_iter().map(|e| e.name).collect(),
+                None => Vec::new(),
+            };
             *self.listed.lock().unwrap_or_else(|p| p.into_inner()) = names;
         }
         Ok(())
@@ -175,30 +333,58 @@ impl ImageRegistry {
     /// are seen by every connection.
     pub async fn image(&self, name: &str) -> ExportResult<Image> {
         let spec = ExportSpec::parse(name).map_err(ExportError::invalid)?;
-        if !self.permitted(&spec) {
+        let key = self.key(&spec);
+        if !self.permitted(&key, &spec.snap) {
             return Err(ExportError::invalid(format!("no export named {name:?}")));
         }
+        let (pool, ns, image) = &key;
+        let store = || async {
+            match self.store(pool, ns).await {
+                Ok(Some(s)) => Ok(s),
+                Ok(None) => Err(ExportError::invalid(format!(
+                    "no export named {name:?}: pool {pool} does not exist"
+                ))),
+                Err(e) => Err(open_error(name, e)),
+            }
+        };
         match &spec.snap {
-            Some(snap) => self
-                .store
-                .open_snapshot(&spec.image, snap)
+            Some(snap) => store()
+                .await?
+                .open_snapshot(image, snap)
                 .await
                 .map_err(|e| open_error(name, e)),
             None => {
                 let mut heads = self.heads.lock().await;
-                if let Some(img) = heads.get(&spec.image) {
+                if let Some(img) = heads.get(&key) {
                     return Ok(img.clone());
                 }
-                let img = self
-                    .store
-                    .open(&spec.image)
+                let img = store()
+                    .await?
+                    .open(image)
                     .await
                     .map_err(|e| open_error(name, e))?;
-                info!(image = %spec.image, size = img.size(), "image opened");
-                heads.insert(spec.image.clone(), img.clone());
+                info!(
+                    pool = %pool,
+                    namespace = %ns,
+                    image = %image,
+                    size = img.size(),
+                    "image opened"
+                );
+                heads.insert(key.clone(), img.clone());
                 Ok(img)
             }
         }
+    }
+
+    /// The heads opened so far, by display name ([`Self::display_name`]:
+    /// what `/metrics` reports on).
+    pub async fn open_heads(&self) -> Vec<(String, Image)> {
+        self.heads
+            .lock()
+            .await
+            .iter()
+            .map(|(k, i)| (self.display_name(k), i.clone()))
+            .collect()
     }
 
     /// Flushes and closes every open head (releasing ownership). Called
@@ -206,7 +392,8 @@ impl ImageRegistry {
     pub async fn close_all(&self) -> row_layer::Result<()> {
         let heads = std::mem::take(&mut *self.heads.lock().await);
         let mut first_err = None;
-        for (name, img) in heads {
+        for (key, img) in heads {
+            let name = self.display_name(&key);
             let r = match img.flush().await {
                 Ok(()) => img.close().await,
                 Err(e) => Err(e),
@@ -221,6 +408,20 @@ impl ImageRegistry {
         }
         first_err.map_or(Ok(()), Err)
     }
+}
+
+/// A store-selection error of the CLI library as an engine error.
+fn cli_error(e: rbd_row_cli::CliError) -> row_layer::Error {
+    let kind = match e.errno {
+        2 => row_layer::ErrorKind::NotFound,
+        22 => row_layer::ErrorKind::InvalidInput,
+        _ => row_layer::ErrorKind::Io,
+    };
+    let msg = match &e.detail {
+        Some(d) => format!("{}: {d}", e.message),
+        None => e.message.clone(),
+    };
+    row_layer::Error::new(kind, msg)
 }
 
 fn open_error(name: &str, e: row_layer::Error) -> ExportError {

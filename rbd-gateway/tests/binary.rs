@@ -4,12 +4,9 @@
 mod common;
 
 use std::process::{Command, Stdio};
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use common::*;
-use row_layer::backend::local::LocalBackend;
-use row_layer::Store;
 
 fn free_port() -> u16 {
     let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
@@ -25,7 +22,7 @@ fn binary_serves_and_stops_on_sigterm() {
         .build()
         .expect("runtime");
     rt.block_on(async {
-        let store = Store::new(Arc::new(LocalBackend::open(&store_dir).expect("store")));
+        let store = pool_store(&local_stores(&store_dir), "rbd").await;
         create_image(&store, "disk", 4 * MIB).await;
     });
 
@@ -90,9 +87,7 @@ fn binary_serves_and_stops_on_sigterm() {
 
     // The data is durable in the store and the image was released.
     rt.block_on(async {
-        let store = Store::new(Arc::new(
-            LocalBackend::open(&store_dir).expect("reopen store"),
-        ));
+        let store = pool_store(&local_stores(&store_dir), "rbd").await;
         let img = store
             .open("disk")
             .await
@@ -101,6 +96,144 @@ fn binary_serves_and_stops_on_sigterm() {
         assert!(got.iter().all(|b| *b == 0x42));
         let zero = img.read(0, 4096).await.expect("read");
         assert!(zero.iter().all(|b| *b == 0));
+        img.close().await.expect("close");
+    });
+}
+
+fn scrape_blocking(port: u16) -> String {
+    use std::io::{Read, Write};
+    let Ok(mut s) = std::net::TcpStream::connect(("127.0.0.1", port)) else {
+        return String::new();
+    };
+    let _ = s.set_read_timeout(Some(Duration::from_secs(5)));
+    let _ = s.write_all(b"GET /metrics HTTP/1.0\r\n\r\n");
+    let mut resp = String::new();
+    let _ = s.read_to_string(&mut resp);
+    resp
+}
+
+/// Mutual TLS through the binary's flags; SIGTERM with a TLS client in
+/// transmission and a plain one stuck in the handshake still drains, flushes
+/// and exits 0.
+#[test]
+fn binary_tls_stops_on_sigterm_with_connections_open() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store_dir = dir.path().join("store");
+    let pki = make_pki(&dir.path().join("pki"));
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    rt.block_on(async {
+        let store = pool_store(&local_stores(&store_dir), "rbd").await;
+        create_image(&store, "disk", 4 * MIB).await;
+    });
+    let port = free_port();
+    let mport = free_port();
+    let path = |p: &std::path::Path| p.to_str().expect("utf8 path").to_owned();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_rbd-gateway"))
+        .args([
+            "--listen",
+            &format!("127.0.0.1:{port}"),
+            "--export",
+            "disk",
+            "--metrics",
+            &format!("127.0.0.1:{mport}"),
+            "--tls-cert",
+            &path(&pki.server_cert),
+            "--tls-key",
+            &path(&pki.server_key),
+            "--tls-ca",
+            &path(&pki.ca_cert),
+        ])
+        .env("RBD_ROW_STORE", &store_dir)
+        .env("RUST_LOG", "info")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn rbd-gateway");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(Instant::now() < deadline, "gateway did not start listening");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    // Plain text is refused.
+    let out = run(
+        "nbdinfo",
+        &["--size", &format!("nbd://127.0.0.1:{port}/disk")],
+    );
+    assert!(
+        !out.status.success(),
+        "plain client served under --tls-cert"
+    );
+
+    // A qemu-io session over mutual TLS that stays connected.
+    let obj = format!(
+        "tls-creds-x509,id=tls0,dir={},endpoint=client",
+        path(&pki.client_dir)
+    );
+    let opts = format!("driver=nbd,host=127.0.0.1,port={port},export=disk,tls-creds=tls0");
+    let mut qemu = Command::new("qemu-io")
+        .args(["--object", &obj, "--image-opts", &opts])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("spawn qemu-io");
+    {
+        use std::io::Write;
+        let stdin = qemu.stdin.as_mut().expect("qemu-io stdin");
+        stdin
+            .write_all(b"write -P 0x5a 1M 64k\n")
+            .expect("qemu-io command");
+        stdin.flush().expect("flush");
+    }
+    // And a plain TCP client idling in the handshake.
+    let _idle = std::net::TcpStream::connect(("127.0.0.1", port)).expect("connect");
+    loop {
+        let m = scrape_blocking(mport);
+        if m.contains("nbd_request_bytes_total{export=\"disk\",op=\"write\"} 65536")
+            && m.contains("nbd_export_connections{export=\"disk\"} 1")
+        {
+            break;
+        }
+        assert!(Instant::now() < deadline, "TLS write never arrived:\n{m}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+
+    let stop_at = Instant::now();
+    run_ok("kill", &["-TERM", &child.id().to_string()]);
+    let exit_deadline = Instant::now() + Duration::from_secs(25);
+    let status = loop {
+        if let Some(s) = child.try_wait().expect("wait") {
+            break s;
+        }
+        if Instant::now() > exit_deadline {
+            let _ = child.kill();
+            let _ = qemu.kill();
+            panic!("gateway did not exit on SIGTERM with TLS connections open");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let took = stop_at.elapsed();
+    let mut stderr = String::new();
+    if let Some(mut e) = child.stderr.take() {
+        use std::io::Read;
+        let _ = e.read_to_string(&mut stderr);
+    }
+    drop(qemu.stdin.take());
+    let _ = qemu.kill();
+    let _ = qemu.wait();
+    assert!(status.success(), "exit status {status}; stderr:\n{stderr}");
+    assert!(stderr.contains("TLS enabled"), "{stderr}");
+    assert!(stderr.contains("image closed"), "{stderr}");
+    eprintln!("gateway stopped {took:?} after SIGTERM");
+
+    rt.block_on(async {
+        let store = pool_store(&local_stores(&store_dir), "rbd").await;
+        let img = store.open("disk").await.expect("reopen image");
+        let got = img.read(MIB, 65536).await.expect("read");
+        assert!(got.iter().all(|b| *b == 0x5a));
         img.close().await.expect("close");
     });
 }

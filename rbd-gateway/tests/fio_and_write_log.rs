@@ -36,6 +36,7 @@ fn fio_random_writes_verify_over_two_connections() {
             "--do_verify=1",
             "--verify_fatal=1",
             "--group_reporting",
+            "--verify_state_save=0",
         ],
     );
     let text = String::from_utf8_lossy(&out.stdout);
@@ -208,7 +209,7 @@ fn snapshot_while_writing_holds_exactly_the_acknowledged_writes() {
         versions
     });
     let snap = tg.rt.block_on(async {
-        let store = tg.registry.store().clone();
+        let store = pool_store(&tg.stores, "rbd").await;
         let s = store
             .open_snapshot("img", "mid")
             .await

@@ -40,7 +40,10 @@ impl Image {
                 }
             }
         }
-        if self.view() == &crate::image::View::Head {
+        if matches!(
+            self.view(),
+            crate::image::View::Head | crate::image::View::HeadReadOnly
+        ) {
             let own: Vec<_> = st
                 .chain
                 .links

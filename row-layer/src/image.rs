@@ -36,6 +36,10 @@ pub(crate) const GRAIN_ZERO: &[u8] = b"Z";
 pub enum View {
     /// The writable head.
     Head,
+    /// The head as of opening, read-only and without ownership (what `rbd`
+    /// uses for `diff`, `export` or `du` of an image another client writes).
+    /// Grains the owner rewrites in place afterwards may read new or old.
+    HeadReadOnly,
     /// A snapshot, read-only.
     Snapshot {
         /// Its id.
@@ -95,6 +99,14 @@ pub(crate) struct Inner {
     pub(crate) poisoned: Mutex<Option<String>>,
     pub(crate) options: ImageOptions,
     pub(crate) watch_id: Mutex<Option<u64>>,
+    pub(crate) touch_batch: Mutex<TouchBatch>,
+}
+
+/// Registrations waiting for the next header op (see `register_touch`).
+#[derive(Default)]
+pub(crate) struct TouchBatch {
+    queue: Vec<(Epoch, ObjectNo, tokio::sync::oneshot::Sender<Result<()>>)>,
+    leader_active: bool,
 }
 
 /// An open image (head or snapshot). Cheap to clone; clones share one owner.
@@ -579,20 +591,66 @@ impl Image {
     /// Records the first write to object `o` in the open epoch in the header
     /// (once per object and epoch), returning the open epoch.
     async fn ensure_touched(&self, o: ObjectNo) -> Result<Epoch> {
-        let (cell, head, cookie) = {
+        let (cell, head) = {
             let mut st = self.state();
-            let cell = st.touched.entry(o).or_default().clone();
-            (
-                cell,
-                st.header.head,
-                self.inner.cookie.clone().unwrap_or_default(),
-            )
+            (st.touched.entry(o).or_default().clone(), st.header.head)
         };
-        cell.get_or_try_init(|| async {
+        cell.get_or_try_init(|| self.register_touch(head, o))
+            .await?;
+        Ok(head)
+    }
+
+    /// Queues the registration of object `o` in open epoch `head` and waits
+    /// for it. Registrations queued while one header op is in flight ride
+    /// together in the next one (a shared object must not take one op per
+    /// client write), each followed by a flush: a data object whose
+    /// registration was lost in a crash would otherwise be ignored by
+    /// recovery and come back after a later one (free on RADOS).
+    async fn register_touch(&self, head: Epoch, o: ObjectNo) -> Result<()> {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        let lead = {
+            let mut b = self
+                .inner
+                .touch_batch
+                .lock()
+                .unwrap_or_else(|p| p.into_inner());
+            b.queue.push((head, o, tx));
+            !std::mem::replace(&mut b.leader_active, true)
+        };
+        if lead {
+            // The leader runs in its own task so that a cancelled request
+            // cannot strand the requests batched behind it.
+            let image = self.clone();
+            tokio::spawn(async move { image.run_touch_batches().await });
+        }
+        rx.await
+            .map_err(|_| Error::io("registration batch was abandoned"))?
+    }
+
+    async fn run_touch_batches(&self) {
+        loop {
+            let batch = {
+                let mut b = self
+                    .inner
+                    .touch_batch
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner());
+                if b.queue.is_empty() {
+                    b.leader_active = false;
+                    return;
+                }
+                std::mem::take(&mut b.queue)
+            };
+            let cookie = self.inner.cookie.clone().unwrap_or_default();
+            let keys: Vec<(String, Bytes)> = batch
+                .iter()
+                .map(|(e, o, _)| (layout::touch_key(*e, *o), Bytes::new()))
+                .collect();
             let op = WriteOp::new()
                 .guard(Guard::XattrEquals(OWNER_XATTR.into(), Bytes::from(cookie)))
-                .omap_set1(layout::touch_key(head, o), Bytes::new());
-            self.inner
+                .action(Action::OmapSet(keys));
+            let mut result = self
+                .inner
                 .backend
                 .operate(&layout::header_object(&self.inner.id), op)
                 .await
@@ -601,20 +659,27 @@ impl Image {
                         ErrorKind::Fenced,
                         "another client took ownership of the image",
                     )),
-                    _ => e.context("registering a data object"),
-                })?;
-            // Durable before any data op to the object: a data object whose
-            // registration was lost in a crash would otherwise be ignored by
-            // recovery and come back after a later one. Free on RADOS.
-            self.inner.backend.flush().await?;
-            let mut st = self.state();
-            if let Some(link) = st.chain.links.first_mut() {
-                Arc::make_mut(&mut link.delta).touched.insert(o.0);
+                    _ => e.context("registering data objects"),
+                });
+            if result.is_ok() {
+                result = self.inner.backend.flush().await;
             }
-            Ok::<(), Error>(())
-        })
-        .await?;
-        Ok(head)
+            if result.is_ok() {
+                let mut st = self.state();
+                let head = st.header.head;
+                if let Some(link) = st.chain.links.first_mut() {
+                    let d = Arc::make_mut(&mut link.delta);
+                    for (e, o, _) in &batch {
+                        if *e == head {
+                            d.touched.insert(o.0);
+                        }
+                    }
+                }
+            }
+            for (_, _, tx) in batch {
+                let _ = tx.send(result.clone());
+            }
+        }
     }
 
     /// Updates the open epoch's delta and the cached resolution after a write.

@@ -542,6 +542,46 @@ impl Store {
         Ok(image)
     }
 
+    /// Opens the head of `name` read-only, without taking ownership: a view of
+    /// the map as of now (it does not follow later writes or snapshots).
+    pub async fn open_head_read_only(&self, name: &str) -> Result<Image> {
+        let id = self.image_id(name).await?;
+        let header = read_header(&*self.backend, &id).await?;
+        if header.removing {
+            return Err(Error::not_found(format!("image {name} is being removed")));
+        }
+        let geo = Geometry::new(header.object_size, header.grain_size)?;
+        let deltas = self.load_deltas(&header, None).await?;
+        let head_delta = Arc::new(recover_open_epoch(&*self.backend, &header, &geo).await?);
+        let mut chain = Chain::default();
+        let parent_links =
+            parent_links(&*self.backend, header.parent.clone(), &geo, &mut chain).await?;
+        let chain = build_chain(
+            &header,
+            &deltas,
+            Some(head_delta),
+            header.head,
+            &parent_links,
+            chain,
+        )?;
+        let size = header.size;
+        Ok(self.assemble(
+            id,
+            geo,
+            View::HeadReadOnly,
+            None,
+            State {
+                header,
+                deltas,
+                chain,
+                parent_links,
+                touched: HashMap::new(),
+                cache: HashMap::new(),
+                size,
+            },
+        ))
+    }
+
     /// Opens snapshot `snap` of `name`, read-only, without taking ownership.
     pub async fn open_snapshot(&self, name: &str, snap: &str) -> Result<Image> {
         let id = self.image_id(name).await?;
@@ -600,6 +640,7 @@ impl Store {
                 poisoned: Mutex::new(None),
                 options: self.options.clone(),
                 watch_id: Mutex::new(None),
+                touch_batch: Mutex::new(Default::default()),
             }),
         }
     }

@@ -1,5 +1,5 @@
 //! Every in-process backend runs the one conformance suite; the local backend
-//! also gets reopen, single-process, crash and reference-model tests.
+//! also gets reopen, multi-process (proxy), crash and reference-model tests.
 
 use row_layer::backend::{conformance, fault::FaultBackend, mem::MemBackend, Backend};
 use std::sync::Arc;
@@ -138,39 +138,6 @@ async fn local_backend_survives_reopen() {
     assert_eq!(names, vec!["img.data", "img.header", "img.sparse"]);
 }
 
-#[tokio::test]
-async fn local_backend_is_single_process() {
-    let dir = tempfile::tempdir().expect("tempdir");
-    if let Some(store) = child_mode("busy") {
-        // Child: the parent holds the store open.
-        let err = LocalBackend::open(&store).expect_err("second process must be refused");
-        assert_eq!(err.kind(), ErrorKind::Busy, "{err}");
-        let canon = store.canonicalize().expect("canonicalize");
-        assert!(
-            err.message().contains(&canon.display().to_string()),
-            "{err}"
-        );
-        std::fs::write(store.join("busy-checked"), b"ok").expect("marker");
-        return;
-    }
-    let be = LocalBackend::open(dir.path()).expect("open");
-    // A second handle in the same process is refused too.
-    let err = LocalBackend::open(dir.path()).expect_err("second handle must be refused");
-    assert_eq!(err.kind(), ErrorKind::Busy);
-    assert!(
-        err.message().contains(&be.dir().display().to_string()),
-        "{err}"
-    );
-    let status = run_child("local_backend_is_single_process", "busy", dir.path());
-    assert!(status.success(), "child failed: {status:?}");
-    assert!(
-        dir.path().join("busy-checked").exists(),
-        "child did not run the check"
-    );
-    drop(be);
-    LocalBackend::open(dir.path()).expect("reopen after close");
-}
-
 const CRASH_OBJECTS: u64 = 24;
 const CRASH_ROUNDS: u64 = 6;
 /// Rounds `0..=CRASH_FLUSHED` are flushed before the crash.
@@ -192,8 +159,9 @@ fn crash_op(k: u64, r: u64) -> WriteOp {
         .action(Action::SetXattr("gen".into(), gen))
 }
 
-async fn crash_child(store: &Path) -> ! {
+async fn crash_child(store: &Path, through_proxy: bool) -> ! {
     let be = LocalBackend::open(store).expect("child open");
+    assert_eq!(be.serves_store(), !through_proxy, "mode of the crash child");
     for r in 0..CRASH_ROUNDS {
         for k in 0..CRASH_OBJECTS {
             be.operate(&format!("obj.{k}"), crash_op(k, r))
@@ -214,7 +182,7 @@ async fn crash_child(store: &Path) -> ! {
 #[tokio::test]
 async fn local_backend_crash_keeps_flushed_and_never_tears() {
     if let Some(store) = child_mode("crash") {
-        crash_child(&store).await;
+        crash_child(&store, false).await;
     }
     let dir = tempfile::tempdir().expect("tempdir");
     let status = run_child(
@@ -238,6 +206,11 @@ async fn local_backend_crash_keeps_flushed_and_never_tears() {
     );
 
     let be = LocalBackend::open(dir.path()).expect("reopen after crash");
+    verify_after_crash(&be).await;
+}
+
+/// Every object holds exactly one generation, at least the last flushed one.
+async fn verify_after_crash(be: &LocalBackend) {
     let mut survived_unflushed = 0;
     for k in 0..CRASH_OBJECTS {
         let oid = format!("obj.{k}");
@@ -343,4 +316,410 @@ async fn local_backend_matches_mem_reference() {
             assert!(full_l == full_m, "step {step}: full read after {action:?}");
         }
     }
+}
+
+// ---------------------------------------------------------------------------
+// Several processes: the first opener serves the store, later ones proxy.
+// ---------------------------------------------------------------------------
+
+use row_layer::backend::LockOwner;
+use row_layer::{CreateOptions, ImageOptions, OwnerRequest, Store};
+use std::io::{BufRead, Write};
+use std::time::Duration;
+
+const READY: &str = "ROWREADY";
+const DONE: &str = "ROWDONE";
+
+/// A re-executed copy of this test binary with piped stdin/stdout.
+struct ChildProc {
+    child: std::process::Child,
+    stdin: Option<std::process::ChildStdin>,
+    lines: std::io::Lines<std::io::BufReader<std::process::ChildStdout>>,
+}
+
+impl ChildProc {
+    /// Starts test `name` in `mode` and waits until it printed [`READY`].
+    fn spawn(name: &str, mode: &str, dir: &Path) -> ChildProc {
+        let exe = std::env::current_exe().expect("current_exe");
+        let mut child = Command::new(exe)
+            .args(["--exact", name, "--nocapture", "--test-threads=1"])
+            .env(CHILD_ENV, format!("{mode}:{}", dir.display()))
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .expect("spawn child test process");
+        let stdin = child.stdin.take();
+        let stdout = child.stdout.take().expect("child stdout");
+        let mut c = ChildProc {
+            child,
+            stdin,
+            lines: std::io::BufReader::new(stdout).lines(),
+        };
+        c.wait_for(READY);
+        c
+    }
+
+    /// Reads the child's stdout until a line containing `marker`.
+    fn wait_for(&mut self, marker: &str) -> String {
+        for line in self.lines.by_ref() {
+            let line = line.expect("child stdout");
+            // libtest may have printed "test NAME ... " on the same line.
+            if let Some(at) = line.find(marker) {
+                return line[at..].to_string();
+            }
+        }
+        panic!("child exited before printing {marker}");
+    }
+
+    fn say(&mut self, line: &str) {
+        let stdin = self.stdin.as_mut().expect("child stdin");
+        writeln!(stdin, "{line}").expect("write to child");
+        stdin.flush().expect("flush child stdin");
+    }
+
+    /// Closes the child's stdin (its signal to finish) and waits for it.
+    fn finish(mut self) -> std::process::ExitStatus {
+        drop(self.stdin.take());
+        self.child.wait().expect("wait for child")
+    }
+
+    fn kill(mut self) {
+        self.child.kill().expect("SIGKILL child");
+        let status = self.child.wait().expect("wait for child");
+        assert!(!status.success(), "child was killed: {status:?}");
+    }
+}
+
+/// Reads stdin lines (on the blocking pool, so the runtime keeps serving)
+/// until EOF or a line equal to `until`.
+async fn stdin_until(until: Option<&'static str>) {
+    tokio::task::spawn_blocking(move || {
+        for line in std::io::stdin().lock().lines() {
+            let Ok(line) = line else { return };
+            if Some(line.trim()) == until {
+                return;
+            }
+        }
+    })
+    .await
+    .expect("stdin task");
+}
+
+/// Child: opens the store first (becoming its server) and serves it until
+/// stdin closes.
+async fn serve_child(store: &Path) {
+    let be = LocalBackend::open(store).expect("serve: open");
+    assert!(be.serves_store(), "the first opener serves the store");
+    println!("{READY} {}", std::process::id());
+    stdin_until(None).await;
+    drop(be);
+}
+
+fn local_owner(pid: u32) -> LockOwner {
+    LockOwner {
+        client: format!("client.local.{pid}"),
+        cookie: "any".into(),
+        address: format!("local:{pid}"),
+    }
+}
+
+/// Child: a client that watches `w.obj`, answers notifications with its pid
+/// and holds a lock on `w.obj`; finishes when stdin closes.
+async fn watcher_child(store: &Path) {
+    let be = LocalBackend::open(store).expect("watcher: open");
+    assert!(!be.serves_store(), "a later opener is a client");
+    be.lock_exclusive("w.obj", "owner", "watcher", "test")
+        .await
+        .expect("watcher: lock");
+    let mut w = be.watch("w.obj").await.expect("watcher: watch");
+    tokio::spawn(async move {
+        while let Some(n) = w.events.recv().await {
+            let mut reply = format!("{}:", std::process::id()).into_bytes();
+            reply.extend_from_slice(&n.payload);
+            let _ = n.reply.send(Bytes::from(reply));
+        }
+    });
+    println!("{READY}");
+    stdin_until(None).await;
+    // Exit without unwatch or unlock, like a process that just ends.
+    std::process::exit(0);
+}
+
+#[tokio::test]
+async fn local_backend_client_mode_conforms() {
+    const NAME: &str = "local_backend_client_mode_conforms";
+    if let Some(store) = child_mode("serve") {
+        return serve_child(&store).await;
+    }
+    if let Some(store) = child_mode("watcher") {
+        return watcher_child(&store).await;
+    }
+    let dir = tempfile::tempdir().expect("tempdir");
+    let server = ChildProc::spawn(NAME, "serve", dir.path());
+    let server_pid = server.child.id();
+    let be = Arc::new(LocalBackend::open(dir.path()).expect("open as a client"));
+    assert!(!be.serves_store(), "the second process is a client");
+    assert!(dir.path().join("store.sock").exists());
+    let err = LocalBackend::open(dir.path()).expect_err("second handle in one process");
+    assert_eq!(err.kind(), ErrorKind::Busy, "{err}");
+
+    let dyn_be: Arc<dyn Backend> = be.clone();
+    conformance::run_all(dyn_be, "conf.")
+        .await
+        .expect("conformance through the proxy");
+
+    // Locks are taken in the name of the calling process.
+    let me = std::process::id();
+    be.lock_exclusive("me.lock", "owner", "c", "test")
+        .await
+        .expect("lock");
+    let owners = be.lock_owners("me.lock", "owner").await.expect("owners");
+    assert_eq!(owners.len(), 1);
+    assert_eq!(owners[0].client, format!("client.local.{me}"));
+    assert_eq!(owners[0].address, format!("local:{me}"));
+    // The server process cannot be fenced; fencing oneself is a no-op.
+    let err = be
+        .fence(&local_owner(server_pid))
+        .await
+        .expect_err("fencing the server");
+    assert_eq!(err.kind(), ErrorKind::Busy, "{err}");
+    be.fence(&local_owner(me))
+        .await
+        .expect("self-fence is a no-op");
+    be.stat("me.lock")
+        .await
+        .expect("still usable after self-fence");
+
+    // Notify from one client reaches a watcher in another client.
+    be.operate("w.obj", WriteOp::new().action(Action::Create))
+        .await
+        .expect("create w.obj");
+    let watcher = ChildProc::spawn(NAME, "watcher", dir.path());
+    let watcher_pid = watcher.child.id();
+    let replies = be
+        .notify("w.obj", Bytes::from_static(b"hi"), Duration::from_secs(5))
+        .await
+        .expect("notify");
+    assert_eq!(
+        replies,
+        vec![Bytes::from(format!("{watcher_pid}:hi"))],
+        "the other client answered"
+    );
+    // Its connection drops: its watch goes, its lock stays.
+    let status = watcher.finish();
+    assert!(status.success(), "watcher: {status:?}");
+    let mut replies = vec![Bytes::new()];
+    for _ in 0..100 {
+        replies = be
+            .notify("w.obj", Bytes::from_static(b"hi"), Duration::from_secs(5))
+            .await
+            .expect("notify");
+        if replies.is_empty() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(
+        replies.is_empty(),
+        "dead client's watch removed: {replies:?}"
+    );
+    let owners = be.lock_owners("w.obj", "owner").await.expect("owners");
+    assert_eq!(owners.len(), 1, "dead client's lock stays");
+    assert_eq!(owners[0].client, format!("client.local.{watcher_pid}"));
+
+    // The server exits: this client takes the store over on its next call.
+    let status = server.finish();
+    assert!(status.success(), "server child: {status:?}");
+    let st = be.stat("conf.data").await.expect("stat after takeover");
+    assert_eq!(st.size, 5);
+    assert!(be.serves_store(), "the client became the server");
+    assert!(dir.path().join("store.sock").exists(), "new server listens");
+}
+
+/// Child: serves the store and owns image `img` (written and flushed),
+/// answering requests until killed or stdin closes.
+async fn owner_child(store: &Path) {
+    let be = LocalBackend::open(store).expect("owner: open");
+    assert!(be.serves_store());
+    let store = Store::new(Arc::new(be));
+    store
+        .create("img", CreateOptions::with_size(8 << 20))
+        .await
+        .expect("owner: create");
+    let img = store.open("img").await.expect("owner: open image");
+    img.write(4096, image_data()).await.expect("owner: write");
+    img.flush().await.expect("owner: flush");
+    println!("{READY}");
+    stdin_until(None).await;
+    img.close().await.expect("owner: close");
+}
+
+fn image_data() -> Bytes {
+    Bytes::from(
+        (0..3 * 65536u32)
+            .map(|i| (i % 253) as u8 + 1)
+            .collect::<Vec<_>>(),
+    )
+}
+
+#[tokio::test]
+async fn local_store_owner_in_another_process_serves_requests_and_is_taken_over() {
+    const NAME: &str = "local_store_owner_in_another_process_serves_requests_and_is_taken_over";
+    if let Some(store) = child_mode("owner") {
+        return owner_child(&store).await;
+    }
+    let dir = tempfile::tempdir().expect("tempdir");
+    let owner = ChildProc::spawn(NAME, "owner", dir.path());
+    let owner_pid = owner.child.id();
+    let be = Arc::new(LocalBackend::open(dir.path()).expect("open as a client"));
+    assert!(!be.serves_store());
+    let dyn_be: Arc<dyn Backend> = be.clone();
+    let store = Store::new(dyn_be).with_image_options(ImageOptions {
+        owner_timeout: Duration::from_secs(2),
+        ..ImageOptions::default()
+    });
+
+    // The live owner answers the ping: Busy, naming its process.
+    let err = store.open("img").await.err().expect("image is owned");
+    assert_eq!(err.kind(), ErrorKind::Busy, "{err}");
+    assert!(
+        err.message().contains(&format!("client.local.{owner_pid}")),
+        "{err}"
+    );
+    // A request travels to the owner, which carries it out.
+    store
+        .execute("img", OwnerRequest::SnapCreate("s1".into()))
+        .await
+        .expect("snap create through the owner");
+    let snap = store.open_snapshot("img", "s1").await.expect("open s1");
+    assert!(snap.snap_list().iter().any(|s| s.name == "s1"));
+    let want = image_data();
+    assert_eq!(
+        snap.read(4096, want.len() as u64).await.expect("read s1"),
+        want
+    );
+    drop(snap);
+
+    // The owner (and store server) dies: this process takes the store over,
+    // then the image (the dead owner does not answer the ping).
+    owner.kill();
+    let img = store.open("img").await.expect("take over the image");
+    assert!(be.serves_store(), "the client became the store server");
+    assert_eq!(
+        img.read(4096, want.len() as u64).await.expect("read"),
+        want,
+        "flushed data of the dead owner intact"
+    );
+    assert!(img.snap_list().iter().any(|s| s.name == "s1"));
+    img.write(0, Bytes::from_static(b"new owner"))
+        .await
+        .expect("write as new owner");
+    img.snap_create("s2").await.expect("snap as new owner");
+    img.close().await.expect("close");
+    let again = store.open("img").await.expect("reopen after close");
+    again.close().await.expect("close again");
+}
+
+#[tokio::test]
+async fn local_backend_crash_through_proxy_keeps_flushed_and_never_tears() {
+    const NAME: &str = "local_backend_crash_through_proxy_keeps_flushed_and_never_tears";
+    if let Some(store) = child_mode("serve") {
+        return serve_child(&store).await;
+    }
+    if let Some(store) = child_mode("crash-client") {
+        crash_child(&store, true).await;
+    }
+    let dir = tempfile::tempdir().expect("tempdir");
+    let server = ChildProc::spawn(NAME, "serve", dir.path());
+    // The client writes, flushes twice, writes more, then dies.
+    let status = run_child(NAME, "crash-client", dir.path());
+    assert!(!status.success(), "client must die: {status:?}");
+    assert!(
+        dir.path().join("child-done").exists(),
+        "client finished its ops"
+    );
+    // Then the server dies without any flush of its own.
+    server.kill();
+    let be = LocalBackend::open(dir.path()).expect("reopen after crash");
+    assert!(be.serves_store());
+    verify_after_crash(&be).await;
+}
+
+/// Child: a client holding a lock and a watch; after "go" every request
+/// must fail with `Fenced`.
+async fn fenced_child(store: &Path) {
+    let be = LocalBackend::open(store).expect("fenced: open");
+    assert!(!be.serves_store());
+    be.lock_exclusive("f.obj", "owner", "kid", "test")
+        .await
+        .expect("fenced: lock");
+    let mut w = be.watch("f.obj").await.expect("fenced: watch");
+    tokio::spawn(async move {
+        while let Some(n) = w.events.recv().await {
+            let _ = n.reply.send(Bytes::from_static(b"kid"));
+        }
+    });
+    println!("{READY}");
+    stdin_until(Some("go")).await;
+    let err = be
+        .operate("f.obj", WriteOp::new().write(0, Bytes::from_static(b"x")))
+        .await
+        .expect_err("fenced write");
+    assert_eq!(err.kind(), ErrorKind::Fenced, "{err}");
+    let err = be.stat("f.obj").await.expect_err("fenced read");
+    assert_eq!(err.kind(), ErrorKind::Fenced, "{err}");
+    std::fs::write(store.join("fenced-checked"), b"ok").expect("marker");
+    println!("{DONE}");
+    stdin_until(None).await;
+}
+
+#[tokio::test]
+async fn local_store_fences_a_client_process() {
+    const NAME: &str = "local_store_fences_a_client_process";
+    if let Some(store) = child_mode("fenced") {
+        return fenced_child(&store).await;
+    }
+    let dir = tempfile::tempdir().expect("tempdir");
+    let be = LocalBackend::open(dir.path()).expect("open");
+    assert!(be.serves_store());
+    be.operate("f.obj", WriteOp::new().action(Action::Create))
+        .await
+        .expect("create");
+    let mut kid = ChildProc::spawn(NAME, "fenced", dir.path());
+    let kid_pid = kid.child.id();
+    // Notifications from the server process reach the client's watch.
+    let replies = be
+        .notify("f.obj", Bytes::from_static(b"ping"), Duration::from_secs(5))
+        .await
+        .expect("notify");
+    assert_eq!(replies, vec![Bytes::from_static(b"kid")]);
+    let owners = be.lock_owners("f.obj", "owner").await.expect("owners");
+    assert_eq!(owners.len(), 1);
+    assert_eq!(owners[0].client, format!("client.local.{kid_pid}"));
+    // Fencing oneself is a no-op.
+    be.fence(&local_owner(std::process::id()))
+        .await
+        .expect("self-fence");
+    be.stat("f.obj").await.expect("server still works");
+    // Fence the client: its watch goes at once, its requests fail.
+    be.fence(&owners[0]).await.expect("fence the client");
+    let replies = be
+        .notify("f.obj", Bytes::from_static(b"ping"), Duration::from_secs(5))
+        .await
+        .expect("notify");
+    assert!(replies.is_empty(), "fenced client's watch removed");
+    kid.say("go");
+    kid.wait_for(DONE);
+    let status = kid.finish();
+    assert!(status.success(), "fenced child: {status:?}");
+    assert!(dir.path().join("fenced-checked").exists());
+    // Its lock stays until broken.
+    let owners = be.lock_owners("f.obj", "owner").await.expect("owners");
+    assert_eq!(owners.len(), 1, "a fenced client's lock stays");
+    be.break_lock("f.obj", "owner", &owners[0])
+        .await
+        .expect("break");
+    be.lock_exclusive("f.obj", "owner", "me", "test")
+        .await
+        .expect("lock after break");
 }

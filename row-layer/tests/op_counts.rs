@@ -218,3 +218,28 @@ async fn removing_snapshots_reclaims_superseded_data() {
     );
     assert_eq!(usage.snapshots.len(), 5);
 }
+
+#[tokio::test]
+async fn first_writes_to_many_objects_share_one_registration() {
+    let (fault, _store, img) = setup(256 << 20).await;
+    img.snap_create("s").await.expect("snap");
+    // One request spanning 16 objects: 16 data ops, one batched header op.
+    let c = counted(&fault, async {
+        img.write(0, pattern(5, 16 * (4 << 20)))
+            .await
+            .expect("write");
+    })
+    .await;
+    assert_eq!(c.mutations, 17, "{c:?}");
+    // Concurrent single-object writes batch too.
+    img.snap_create("t").await.expect("snap");
+    let c = counted(&fault, async {
+        let writes = (0..16u64).map(|o| img.write(o * (4 << 20), pattern(o, 4096)));
+        futures::future::try_join_all(writes).await.expect("writes");
+    })
+    .await;
+    assert!(
+        c.mutations < 16 + 16,
+        "registrations were not batched: {c:?}"
+    );
+}

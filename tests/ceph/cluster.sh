@@ -2,13 +2,24 @@
 # Throwaway single-node Ceph (Pacific) cluster on loopback, for the RADOS
 # backend tests of rbd-row.
 #
-#   tests/ceph/cluster.sh start    # install packages if missing, start mon+mgr+osd, pool "rbd"
+#   tests/ceph/cluster.sh start    # install packages if missing, start mon+mgr+osd(s), pool "rbd"
 #   tests/ceph/cluster.sh env      # prints export lines: eval "$(tests/ceph/cluster.sh env)"
 #   tests/ceph/cluster.sh status   # ceph -s
+#   tests/ceph/cluster.sh wait     # waits until HEALTH_OK, every OSD up+in, every PG active+clean
+#   tests/ceph/cluster.sh osd-stop ID   # stops osd.ID (SIGTERM, pid file), waits until it is down
+#   tests/ceph/cluster.sh osd-start ID  # starts osd.ID again, waits until it is up (not for recovery)
 #   tests/ceph/cluster.sh stop     # kills the daemons it started (pid files), removes the dir
 #
+# RBD_ROW_CEPH_OSDS=N (default 1, at most 9) starts N bluestore OSDs, each on
+# its own sparse block file (8 GiB for one OSD, 4 GiB each otherwise, with
+# osd_memory_target 512 MiB), all on this host (crush chooseleaf type 0).
+# With N >= 3 the pool "rbd" has size 3 / min_size 2 (for failure tests:
+# one OSD down keeps it writable, two down block it); otherwise size 1.
+# The count is recorded in the directory: `env` prints it, and the other
+# subcommands use the recorded one.
+#
 # Everything (config, keyrings, mon/mgr/osd data, logs, pid files, admin
-# sockets, the sparse 8 GiB bluestore block file) lives in one directory:
+# sockets, the sparse bluestore block files) lives in one directory:
 # $RBD_ROW_CEPH_DIR, default /tmp/rbd-row-ceph. cephx is on; two client
 # identities exist: client.admin (everything) and client.rbdrow
 # (mon 'profile rbd', osd 'profile rbd pool=rbd'), each with its keyring in
@@ -16,9 +27,9 @@
 #
 # `start` is idempotent: if the daemons of a previous start are alive it only
 # waits for health and prints "ok". It fails (nonzero, with the tail of the
-# logs) if the cluster is not HEALTH_OK with its OSD up and every PG
-# active+clean within $RBD_ROW_CEPH_TIMEOUT seconds (default 90); the daemons
-# are then left running for inspection (`stop` removes them).
+# logs) if the cluster is not HEALTH_OK with all its OSDs up and in and every
+# PG active+clean within $RBD_ROW_CEPH_TIMEOUT seconds (default 90); the
+# daemons are then left running for inspection (`stop` removes them).
 
 set -euo pipefail
 
@@ -26,8 +37,33 @@ DIR="${RBD_ROW_CEPH_DIR:-/tmp/rbd-row-ceph}"
 TIMEOUT="${RBD_ROW_CEPH_TIMEOUT:-90}"
 CONF="$DIR/ceph.conf"
 MARKER="$DIR/.rbd-row-ceph-cluster"
+OSDS_FILE="$DIR/osds"
 PKGS=(ceph-mon ceph-osd ceph-mgr ceph-common librados-dev librbd-dev)
-DAEMONS=(mon.a mgr.x osd.0)
+
+if [[ -n "${RBD_ROW_CEPH_OSDS:-}" && ! "$RBD_ROW_CEPH_OSDS" =~ ^[1-9]$ ]]; then
+    echo "RBD_ROW_CEPH_OSDS must be a number from 1 to 9, not '$RBD_ROW_CEPH_OSDS'" >&2
+    exit 2
+fi
+
+# The OSD count of the cluster in $DIR, if there is one.
+recorded_osds() {
+    local n
+    [[ -s "$OSDS_FILE" ]] || return 1
+    n=$(<"$OSDS_FILE")
+    [[ "$n" =~ ^[1-9]$ ]] || return 1
+    echo "$n"
+}
+
+set_osds() {
+    local i
+    OSDS=$1
+    DAEMONS=(mon.a mgr.x)
+    for ((i = 0; i < OSDS; i++)); do
+        DAEMONS+=("osd.$i")
+    done
+}
+
+set_osds "$(recorded_osds || echo "${RBD_ROW_CEPH_OSDS:-1}")"
 
 log() { printf '[cluster.sh] %s\n' "$*" >&2; }
 
@@ -137,7 +173,7 @@ kill_daemons() {
 
 wait_healthy() {
     local deadline=$((SECONDS + TIMEOUT))
-    local health="" up="" pgs="" osdmap pgstat d
+    local health="" up="" in="" pgs="" osdmap pgstat d
     while ((SECONDS < deadline)); do
         for d in "${DAEMONS[@]}"; do
             pid_of "$d" >/dev/null || die "daemon $d exited"
@@ -147,28 +183,112 @@ wait_healthy() {
         # peered: compare the mgr's PG states with the pools' pg_num.
         osdmap=$(ceph_ osd dump -f json 2>/dev/null || echo '{}')
         pgstat=$(ceph_ pg stat -f json 2>/dev/null || echo '{}')
-        read -r up pgs < <(OSDMAP="$osdmap" PGSTAT="$pgstat" python3 -c '
+        read -r up in pgs < <(OSDMAP="$osdmap" PGSTAT="$pgstat" python3 -c '
 import json, os
 try:
     m = json.loads(os.environ["OSDMAP"])
     s = json.loads(os.environ["PGSTAT"]).get("pg_summary", {})
 except ValueError:
-    print("? ?")
+    print("? ? ?")
     raise SystemExit
 up = sum(1 for o in m.get("osds", []) if o.get("up") == 1)
+inn = sum(1 for o in m.get("osds", []) if o.get("in") == 1)
 want = sum(p.get("pg_num", 0) for p in m.get("pools", []))
 clean = sum(x["num"] for x in s.get("num_pg_by_state", []) if x["name"] == "active+clean")
-print(up, "clean" if want > 0 and clean == want else "%d/%d" % (clean, want))' 2>/dev/null || echo "? ?")
-        if [[ "$up" == 1 && "$health" == HEALTH_OK* && "$pgs" == clean ]]; then
+print(up, inn, "clean" if want > 0 and clean == want else "%d/%d" % (clean, want))' 2>/dev/null || echo "? ? ?")
+        if [[ "$up" == "$OSDS" && "$in" == "$OSDS" && "$health" == HEALTH_OK* && "$pgs" == clean ]]; then
             return 0
         fi
         sleep 1
     done
-    die "cluster not healthy after ${TIMEOUT}s (osds up: ${up:-?}, pgs active+clean: ${pgs:-?}, health: ${health:-?})"
+    die "cluster not healthy after ${TIMEOUT}s (osds up: ${up:-?}/$OSDS, in: ${in:-?}/$OSDS, pgs active+clean: ${pgs:-?}, health: ${health:-?})"
+}
+
+# Prints 1 if osd.$1 is up in the current osdmap, 0 if not, ? if unknown.
+osd_up() {
+    local osdmap
+    osdmap=$(ceph_ osd dump -f json 2>/dev/null || echo '{}')
+    OSDMAP="$osdmap" python3 -c '
+import json, os, sys
+try:
+    m = json.loads(os.environ["OSDMAP"])
+except ValueError:
+    print("?")
+    raise SystemExit
+for o in m.get("osds", []):
+    if o.get("osd") == int(sys.argv[1]):
+        print(o.get("up", "?"))
+        raise SystemExit
+print("?")' "$1" 2>/dev/null || echo "?"
+}
+
+# Waits until osd.$1 is marked up ($2 = 1) or down ($2 = 0) in the osdmap.
+wait_osd_state() {
+    local id=$1 want=$2 state=""
+    local deadline=$((SECONDS + TIMEOUT))
+    while ((SECONDS < deadline)); do
+        state=$(osd_up "$id")
+        [[ "$state" == "$want" ]] && return 0
+        sleep 0.5
+    done
+    die "osd.$id not marked $( ((want)) && echo up || echo down) after ${TIMEOUT}s (up: $state)"
+}
+
+check_osd_id() {
+    if [[ ! "${1:-}" =~ ^[0-9]$ ]] || (($1 >= OSDS)); then
+        echo "usage: $0 osd-stop|osd-start ID, with ID from 0 to $((OSDS - 1)) (the cluster in $DIR has $OSDS OSDs)" >&2
+        exit 2
+    fi
+    [[ -f "$MARKER" && -f "$CONF" ]] || { echo "no cluster in $DIR (run: $0 start)" >&2; exit 1; }
+}
+
+osd_stop() {
+    check_dir
+    check_osd_id "${1:-}"
+    local id=$1 pid i
+    if ! pid=$(pid_of "osd.$id"); then
+        log "osd.$id is not running"
+    else
+        kill -TERM "$pid" 2>/dev/null || true
+        for ((i = 0; i < 100; i++)); do
+            kill -0 "$pid" 2>/dev/null || break
+            sleep 0.1
+        done
+        if kill -0 "$pid" 2>/dev/null; then
+            log "osd.$id (pid $pid) ignored SIGTERM for 10s; killing it"
+            kill -KILL "$pid" 2>/dev/null || true
+        fi
+    fi
+    # A SIGTERMed OSD tells the monitor; a killed one is reported by its
+    # peers (mon osd min down reporters = 1).
+    wait_osd_state "$id" 0
+    echo "ok: osd.$id stopped (down)"
+}
+
+osd_start() {
+    check_dir
+    check_osd_id "${1:-}"
+    local id=$1
+    if pid_of "osd.$id" >/dev/null; then
+        log "osd.$id is already running"
+    else
+        ceph-osd -c "$CONF" -i "$id" >>"$DIR/log/setup.log" 2>&1 || die "ceph-osd -i $id failed to start"
+    fi
+    wait_osd_state "$id" 1
+    echo "ok: osd.$id started (up)"
 }
 
 write_conf() {
     local fsid=$1 p1=$2 p2=$3
+    local size=1 min_size=1 block_size=8589934592 memory_target=1073741824
+    if ((OSDS >= 3)); then
+        size=3
+        min_size=2
+    fi
+    if ((OSDS > 1)); then
+        block_size=4294967296
+        memory_target=536870912
+    fi
     cat >"$CONF" <<EOF
 # Generated by tests/ceph/cluster.sh -- throwaway test cluster, do not use for data.
 [global]
@@ -193,8 +313,8 @@ mon cluster log file = $DIR/log/cluster.log
 log to stderr = false
 err to stderr = true
 
-osd pool default size = 1
-osd pool default min size = 1
+osd pool default size = $size
+osd pool default min size = $min_size
 osd pool default pg autoscale mode = off
 mon allow pool size one = true
 mon allow pool delete = true
@@ -202,6 +322,7 @@ mon warn on pool no redundancy = false
 mon data avail warn = 2
 mon data avail crit = 1
 osd crush chooseleaf type = 0
+mon osd min down reporters = 1
 
 [mon]
 mon data = $DIR/\$name
@@ -216,9 +337,9 @@ osd data = $DIR/\$name
 admin socket = $DIR/run/\$name.asok
 osd objectstore = bluestore
 bluestore block create = true
-bluestore block size = 8589934592
+bluestore block size = $block_size
 bluestore fsck on mkfs = false
-osd memory target = 1073741824
+osd memory target = $memory_target
 osd max object size = 134217728
 
 [client]
@@ -231,6 +352,10 @@ start() {
     check_dir
     ensure_packages
     if all_running; then
+        if [[ -n "${RBD_ROW_CEPH_OSDS:-}" && "$RBD_ROW_CEPH_OSDS" != "$OSDS" ]]; then
+            echo "the cluster running in $DIR has $OSDS OSD(s), not RBD_ROW_CEPH_OSDS=$RBD_ROW_CEPH_OSDS; stop it first" >&2
+            exit 2
+        fi
         wait_healthy
         echo "ok: cluster already running in $DIR"
         return 0
@@ -239,8 +364,10 @@ start() {
         log "removing stale cluster directory $DIR"
         stop_cluster
     fi
+    set_osds "${RBD_ROW_CEPH_OSDS:-1}"
     mkdir -p "$DIR"/{run,log,crash}
     touch "$MARKER"
+    echo "$OSDS" >"$OSDS_FILE"
 
     local fsid p1 p2
     fsid=$(uuidgen)
@@ -248,7 +375,7 @@ start() {
     p2=$(free_port)
     while [[ "$p2" == "$p1" ]]; do p2=$(free_port); done
     write_conf "$fsid" "$p1" "$p2"
-    log "starting cluster $fsid in $DIR (mon on 127.0.0.1 v2:$p2 v1:$p1)"
+    log "starting cluster $fsid in $DIR (mon on 127.0.0.1 v2:$p2 v1:$p1, $OSDS OSD(s))"
 
     # Keys: mon., client.admin, client.rbdrow (the latter registered later).
     ceph-authtool --create-keyring "$DIR/mon.keyring" --gen-key -n mon. --cap mon 'allow *' >/dev/null
@@ -276,17 +403,25 @@ start() {
         -o "$DIR/mgr.x/keyring" >/dev/null 2>>"$DIR/log/setup.log" || die "mgr key"
     ceph-mgr -c "$CONF" -i x >>"$DIR/log/setup.log" 2>&1 || die "ceph-mgr failed to start"
 
-    # OSD on a sparse bluestore block file.
-    local uuid id
-    uuid=$(uuidgen)
-    id=$(ceph_ osd create "$uuid" 2>>"$DIR/log/setup.log") || die "ceph osd create failed"
-    [[ "$id" == 0 ]] || die "unexpected osd id '$id'"
-    mkdir -p "$DIR/osd.0"
-    ceph-osd -c "$CONF" -i 0 --mkfs --mkkey --no-mon-config --osd-uuid "$uuid" >>"$DIR/log/setup.log" 2>&1 ||
-        die "ceph-osd --mkfs failed"
-    ceph_ auth add osd.0 osd 'allow *' mon 'allow profile osd' mgr 'allow profile osd' \
-        -i "$DIR/osd.0/keyring" >/dev/null 2>>"$DIR/log/setup.log" || die "osd key"
-    ceph-osd -c "$CONF" -i 0 >>"$DIR/log/setup.log" 2>&1 || die "ceph-osd failed to start"
+    # OSDs, each on its own sparse bluestore block file; mkfs in parallel.
+    local uuid id mkfs_pids=()
+    for ((i = 0; i < OSDS; i++)); do
+        uuid=$(uuidgen)
+        id=$(ceph_ osd create "$uuid" 2>>"$DIR/log/setup.log") || die "ceph osd create failed"
+        [[ "$id" == "$i" ]] || die "unexpected osd id '$id' (expected $i)"
+        mkdir -p "$DIR/osd.$i"
+        ceph-osd -c "$CONF" -i "$i" --mkfs --mkkey --no-mon-config --osd-uuid "$uuid" \
+            >>"$DIR/log/setup.log" 2>&1 &
+        mkfs_pids+=($!)
+    done
+    for ((i = 0; i < OSDS; i++)); do
+        wait "${mkfs_pids[$i]}" || die "ceph-osd -i $i --mkfs failed"
+    done
+    for ((i = 0; i < OSDS; i++)); do
+        ceph_ auth add "osd.$i" osd 'allow *' mon 'allow profile osd' mgr 'allow profile osd' \
+            -i "$DIR/osd.$i/keyring" >/dev/null 2>>"$DIR/log/setup.log" || die "osd.$i key"
+        ceph-osd -c "$CONF" -i "$i" >>"$DIR/log/setup.log" 2>&1 || die "ceph-osd -i $i failed to start"
+    done
 
     # Pool and the restricted client.
     ceph_ osd pool create rbd 8 >/dev/null 2>>"$DIR/log/setup.log" || die "pool create failed"
@@ -315,6 +450,7 @@ print_env() {
     [[ -f "$CONF" ]] || { echo "no cluster in $DIR (run: $0 start)" >&2; exit 1; }
     echo "export CEPH_CONF=$CONF"
     echo "export RBD_ROW_CEPH_DIR=$DIR"
+    echo "export RBD_ROW_CEPH_OSDS=$OSDS"
 }
 
 case "${1:-}" in
@@ -328,8 +464,16 @@ case "${1:-}" in
         check_dir
         ceph_ -s
         ;;
+    wait)
+        check_dir
+        [[ -f "$MARKER" && -f "$CONF" ]] || { echo "no cluster in $DIR (run: $0 start)" >&2; exit 1; }
+        wait_healthy
+        echo "ok: healthy (${SECONDS}s)"
+        ;;
+    osd-stop) osd_stop "${2:-}" ;;
+    osd-start) osd_start "${2:-}" ;;
     *)
-        echo "usage: $0 start|stop|env|status" >&2
+        echo "usage: $0 start|stop|env|status|wait|osd-stop ID|osd-start ID" >&2
         exit 2
         ;;
 esac

@@ -26,7 +26,12 @@ struct Args {
     rounds: u32,
 }
 
-async fn run_ops(be: Arc<dyn Backend>, ops: u64, depth: usize, with_omap: bool) -> anyhow::Result<f64> {
+async fn run_ops(
+    be: Arc<dyn Backend>,
+    ops: u64,
+    depth: usize,
+    with_omap: bool,
+) -> anyhow::Result<f64> {
     let sem = Arc::new(Semaphore::new(depth));
     let mut set = tokio::task::JoinSet::new();
     let data = Bytes::from(vec![7u8; 4096]);
@@ -59,11 +64,15 @@ async fn run_ops(be: Arc<dyn Backend>, ops: u64, depth: usize, with_omap: bool) 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
-    let cluster = RadosCluster::connect(ClusterConfig::default()).await.context("connect (CEPH_CONF)")?;
+    let cluster = RadosCluster::connect(ClusterConfig::default())
+        .await
+        .context("connect (CEPH_CONF)")?;
     let ns = format!("rados-ops-{}", std::process::id());
     let be: Arc<dyn Backend> = Arc::new(cluster.open_pool(&args.pool, &ns).await?);
     let store = Store::new(be.clone());
-    store.create("img", CreateOptions::with_size(512 << 20)).await?;
+    store
+        .create("img", CreateOptions::with_size(512 << 20))
+        .await?;
     let img = store.open("img").await?;
     rbd_row_bench::fill(&img, 4 << 20, 16).await?;
     run_ops(be.clone(), 2000, args.depth, true).await?; // warm-up
@@ -71,13 +80,19 @@ async fn main() -> anyhow::Result<()> {
     for r in 0..args.rounds {
         plain += run_ops(be.clone(), args.ops, args.depth, false).await?;
         omap += run_ops(be.clone(), args.ops, args.depth, true).await?;
-        engine += rbd_row_bench::random_writes(&img, 4096, args.ops, args.depth, u64::from(r)).await?.iops();
+        engine += rbd_row_bench::random_writes(&img, 4096, args.ops, args.depth, u64::from(r))
+            .await?
+            .iops();
     }
     let n = f64::from(args.rounds);
     println!("op                     ops/s   ratio to plain write");
     println!("plain write        {:>9.0}   1.00", plain / n);
     println!("write + omap key   {:>9.0}   {:.2}", omap / n, omap / plain);
-    println!("engine write       {:>9.0}   {:.2}", engine / n, engine / plain);
+    println!(
+        "engine write       {:>9.0}   {:.2}",
+        engine / n,
+        engine / plain
+    );
     img.close().await?;
     Ok(())
 }

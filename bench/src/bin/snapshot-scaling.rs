@@ -58,9 +58,16 @@ fn parse_size(s: &str) -> anyhow::Result<u64> {
 }
 
 fn rbd(args: &[&str]) -> anyhow::Result<String> {
-    let out = Command::new("rbd").args(args).output().context("running rbd")?;
+    let out = Command::new("rbd")
+        .args(args)
+        .output()
+        .context("running rbd")?;
     if !out.status.success() {
-        bail!("rbd {}: {}", args.join(" "), String::from_utf8_lossy(&out.stderr));
+        bail!(
+            "rbd {}: {}",
+            args.join(" "),
+            String::from_utf8_lossy(&out.stderr)
+        );
     }
     Ok(String::from_utf8_lossy(&out.stdout).into_owned())
 }
@@ -70,8 +77,19 @@ fn native_bench(spec: &str, ops: u64, depth: usize, cache: bool) -> anyhow::Resu
     let threads = depth.to_string();
     let cache = format!("--rbd_cache={cache}");
     let out = rbd(&[
-        "bench", &cache, "--io-type", "write", "--io-size", "4K", "--io-threads", &threads,
-        "--io-total", &total, "--io-pattern", "rand", spec,
+        "bench",
+        &cache,
+        "--io-type",
+        "write",
+        "--io-size",
+        "4K",
+        "--io-threads",
+        &threads,
+        "--io-total",
+        &total,
+        "--io-pattern",
+        "rand",
+        spec,
     ])?;
     rbd_row_bench::parse_rbd_bench(&out).context("parsing rbd bench output")
 }
@@ -90,14 +108,29 @@ async fn main() -> anyhow::Result<()> {
     let store = Store::new(Arc::new(cluster.open_pool(&args.pool, &ns).await?));
     store.create("row", CreateOptions::with_size(size)).await?;
     let img = store.open("row").await?;
+    // Control: the same writes, never snapshotted, to tell the cost of
+    // snapshots from the cost of the OSD simply holding more data.
+    store.create("ctl", CreateOptions::with_size(size)).await?;
+    let ctl = store.open("ctl").await?;
     rbd(&["create", "--size", &format!("{}", size >> 20), &native])?;
 
     if !args.no_fill {
         eprintln!("filling both images ({} MiB each)...", size >> 20);
         rbd_row_bench::fill(&img, 4 << 20, 16).await?;
+        rbd_row_bench::fill(&ctl, 4 << 20, 16).await?;
         rbd(&[
-            "bench", "--io-type", "write", "--io-size", "4M", "--io-threads", "16",
-            "--io-total", &size.to_string(), "--io-pattern", "seq", &native,
+            "bench",
+            "--io-type",
+            "write",
+            "--io-size",
+            "4M",
+            "--io-threads",
+            "16",
+            "--io-total",
+            &size.to_string(),
+            "--io-pattern",
+            "seq",
+            &native,
         ])?;
     }
     println!(
@@ -106,30 +139,67 @@ async fn main() -> anyhow::Result<()> {
         size >> 20,
         args.native_cache
     );
-    println!("snapshots  native_iops  rbd_row_iops  ratio(rbd-row/native)");
+    println!("snapshots  native_iops  rbd_row_iops  ratio(rbd-row/native)  rbd_row_control_iops");
     let mut taken = 0u32;
     for &target in &args.steps {
         while taken < target {
             rbd(&["snap", "create", &format!("{native}@s{taken}")])?;
             img.snap_create(&format!("s{taken}")).await?;
             native_bench(&native, args.churn, args.depth, args.native_cache)?;
-            rbd_row_bench::random_writes(&img, 4096, args.churn, args.depth, u64::from(taken)).await?;
+            rbd_row_bench::random_writes(&img, 4096, args.churn, args.depth, u64::from(taken))
+                .await?;
+            rbd_row_bench::random_writes(&ctl, 4096, args.churn, args.depth, u64::from(taken))
+                .await?;
             taken += 1;
         }
         // Interleave the two measurements so machine noise hits both.
         let n1 = native_bench(&native, args.ops, args.depth, args.native_cache)?;
-        let r1 = rbd_row_bench::random_writes(&img, 4096, args.ops, args.depth, 1000 + u64::from(target))
-            .await?
-            .iops();
+        let r1 = rbd_row_bench::random_writes(
+            &img,
+            4096,
+            args.ops,
+            args.depth,
+            1000 + u64::from(target),
+        )
+        .await?
+        .iops();
         let n2 = native_bench(&native, args.ops, args.depth, args.native_cache)?;
-        let r2 = rbd_row_bench::random_writes(&img, 4096, args.ops, args.depth, 2000 + u64::from(target))
-            .await?
-            .iops();
+        let r2 = rbd_row_bench::random_writes(
+            &img,
+            4096,
+            args.ops,
+            args.depth,
+            2000 + u64::from(target),
+        )
+        .await?
+        .iops();
+        let c = rbd_row_bench::random_writes(
+            &ctl,
+            4096,
+            args.ops,
+            args.depth,
+            1000 + u64::from(target),
+        )
+        .await?
+        .iops();
+        let _ = rbd_row_bench::random_writes(
+            &ctl,
+            4096,
+            args.ops,
+            args.depth,
+            2000 + u64::from(target),
+        )
+        .await?;
         let (n, r) = ((n1 + n2) / 2.0, (r1 + r2) / 2.0);
-        println!("{target:>9}  {n:>11.0}  {r:>12.0}  {:>6.2}", r / n);
+        println!(
+            "{target:>9}  {n:>11.0}  {r:>12.0}  {:>21.2}  {c:>20.0}",
+            r / n
+        );
     }
-    // Clean up both images.
+    // Clean up.
     img.close().await?;
+    ctl.close().await?;
+    store.remove("ctl").await?;
     let _ = rbd(&["snap", "purge", &native]);
     let _ = rbd(&["rm", &native]);
     let img = store.open("row").await?;

@@ -6,25 +6,36 @@ use std::sync::Arc;
 
 use anyhow::{anyhow, Context};
 use clap::{ArgGroup, Parser};
-use rbd_gateway::{run_gateway, ExportSelection, GatewayConfig};
-use row_layer::backend::local::LocalBackend;
-use row_layer::Store;
+use rbd_gateway::{run_gateway, ExportSelection, GatewayConfig, TlsFiles};
+use rbd_row_cli::spec::DEFAULT_POOL;
+use rbd_row_cli::store_select::{self, StoreArgs, StoreTarget, Stores};
 use tracing_subscriber::EnvFilter;
 
 /// Serve row-layer images over NBD.
 ///
-/// Export names are `[pool/[namespace/]]image[@snap]`; the local store has a
-/// single pool and namespace, so those parts are accepted and ignored.
-/// `image` is the read-write head (shared by all connections), `image@snap`
-/// a read-only snapshot view.
+/// Export names are `[pool/[namespace/]]image[@snap]`, resolved as
+/// `rbd-row` resolves image specs (pool `rbd` unless `--pool`); `image` is
+/// the read-write head (shared by all connections), `image@snap` a
+/// read-only snapshot view.
+///
+/// The store is chosen as `rbd-row` chooses it: `--store DIR` (the local
+/// store, pool P in DIR/P), else `-c/--conf`, `--id`, `--name`, `--keyring`,
+/// `--cluster` (Ceph), else `$RBD_ROW_STORE`, else `$CEPH_CONF` or
+/// `$CEPH_ARGS` naming a conf, else /etc/ceph/ceph.conf, else the default
+/// local store ($XDG_DATA_HOME/rbd-row/store or ~/.local/share/rbd-row/store).
 #[derive(Parser, Debug)]
 #[command(name = "rbd-gateway", version)]
 #[command(group(ArgGroup::new("selection").required(true).args(["exports", "export_all"])))]
 struct Args {
-    /// Store directory [default: $XDG_DATA_HOME/rbd-row/store or
-    /// ~/.local/share/rbd-row/store].
-    #[arg(long, env = "RBD_ROW_STORE", value_name = "DIR")]
-    store: Option<PathBuf>,
+    #[command(flatten)]
+    store: StoreArgs,
+    /// Pool of exports that name none, and the pool `--export-all` lists.
+    #[arg(short = 'p', long, value_name = "POOL", default_value = DEFAULT_POOL)]
+    pool: String,
+    /// Namespace of exports that name none, and the namespace
+    /// `--export-all` lists [default: the default namespace].
+    #[arg(long, value_name = "NAMESPACE", default_value = "")]
+    namespace: String,
     /// NBD listen address (repeatable).
     #[arg(long, value_name = "ADDR:PORT", default_value = "127.0.0.1:10809")]
     listen: Vec<String>,
@@ -32,7 +43,8 @@ struct Args {
     /// `image@snap`.
     #[arg(long = "export", value_name = "SPEC")]
     exports: Vec<String>,
-    /// Serve every image of the store.
+    /// Serve every image of the store: NBD_OPT_LIST announces the images of
+    /// `--pool`/`--namespace`; any image of any pool may be opened.
     #[arg(long)]
     export_all: bool,
     /// Refuse writes on every export.
@@ -41,6 +53,24 @@ struct Args {
     /// Serve Prometheus metrics at http://ADDR:PORT/metrics.
     #[arg(long, value_name = "ADDR:PORT")]
     metrics: Option<String>,
+    /// TLS server certificate chain (PEM, leaf first); enables
+    /// NBD_OPT_STARTTLS. TLS is then required unless --tls-optional.
+    #[arg(long, value_name = "FILE", requires = "tls_key")]
+    tls_cert: Option<PathBuf>,
+    /// Private key of --tls-cert (PEM: PKCS#8, PKCS#1 or SEC1).
+    #[arg(long, value_name = "FILE", requires = "tls_cert")]
+    tls_key: Option<PathBuf>,
+    /// CA certificates (PEM) that client certificates must chain to; with
+    /// it every client must present a certificate.
+    #[arg(long, value_name = "FILE", requires = "tls_cert")]
+    tls_ca: Option<PathBuf>,
+    /// Refuse every option before STARTTLS (FORCEDTLS; the default with
+    /// --tls-cert).
+    #[arg(long, requires = "tls_cert", conflicts_with = "tls_optional")]
+    tls_required: bool,
+    /// Offer TLS but also serve plain-text clients.
+    #[arg(long, requires = "tls_cert")]
+    tls_optional: bool,
 }
 
 fn resolve(addr: &str) -> anyhow::Result<SocketAddr> {
@@ -48,21 +78,6 @@ fn resolve(addr: &str) -> anyhow::Result<SocketAddr> {
         .with_context(|| format!("resolving {addr}"))?
         .next()
         .ok_or_else(|| anyhow!("{addr} resolves to no address"))
-}
-
-fn default_store_dir() -> anyhow::Result<PathBuf> {
-    let base = match std::env::var_os("XDG_DATA_HOME").filter(|v| !v.is_empty()) {
-        Some(d) => PathBuf::from(d),
-        None => {
-            let home = std::env::var_os("HOME")
-                .filter(|v| !v.is_empty())
-                .ok_or_else(|| {
-                    anyhow!("neither --store, RBD_ROW_STORE, XDG_DATA_HOME nor HOME is set")
-                })?;
-            PathBuf::from(home).join(".local/share")
-        }
-    };
-    Ok(base.join("rbd-row/store"))
 }
 
 async fn shutdown_signal() {
@@ -96,23 +111,49 @@ async fn main() -> anyhow::Result<()> {
         .with_writer(std::io::stderr)
         .init();
     let args = Args::parse();
-    let dir = match args.store {
-        Some(d) => d,
-        None => {
-            let d = default_store_dir()?;
-            eprintln!("rbd-gateway: using the default store {}", d.display());
-            d
+    // Bad key material fails before the store is touched.
+    let tls = match (args.tls_cert, args.tls_key) {
+        (Some(cert), Some(key)) => {
+            let files = TlsFiles {
+                cert,
+                key,
+                client_ca: args.tls_ca,
+                required: !args.tls_optional,
+            };
+            Some(files.load()?)
         }
+        _ => None,
     };
-    let backend = LocalBackend::open(&dir)
-        .map_err(|e| anyhow!("opening the store {}: {e}", dir.display()))?;
-    let store = Store::new(Arc::new(backend));
+    let target = store_select::select(&args.store, &|k| std::env::var(k).ok())
+        .map_err(|e| anyhow!("{}", e.message.trim_start_matches("rbd-row: ")))?;
+    match &target {
+        StoreTarget::Local {
+            dir,
+            is_default: true,
+        } => eprintln!(
+            "rbd-gateway: no Ceph cluster or store configured; using the local store {} \
+             (choose one with --store DIR, RBD_ROW_STORE, -c PATH or CEPH_CONF)",
+            dir.display()
+        ),
+        StoreTarget::Local { dir, .. } => {
+            tracing::info!(dir = %dir.display(), "local store");
+        }
+        StoreTarget::Ceph(c) => tracing::info!(
+            conf = ?c.conf,
+            client = ?c.client_name,
+            cluster = ?c.cluster,
+            "Ceph store"
+        ),
+    }
+    let stores = Arc::new(Stores::new(target));
     let exports = if args.export_all {
         ExportSelection::All
     } else {
         ExportSelection::Only(args.exports)
     };
-    let mut config = GatewayConfig::new(store, exports);
+    let mut config = GatewayConfig::new(stores, exports);
+    config.default_pool = args.pool;
+    config.default_namespace = args.namespace;
     config.listen = args
         .listen
         .iter()
@@ -120,5 +161,6 @@ async fn main() -> anyhow::Result<()> {
         .collect::<anyhow::Result<_>>()?;
     config.read_only = args.read_only;
     config.metrics_listen = args.metrics.as_deref().map(resolve).transpose()?;
+    config.server.tls = tls;
     run_gateway(config, shutdown_signal()).await
 }

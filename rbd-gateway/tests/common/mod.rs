@@ -1,5 +1,7 @@
-//! Shared harness: an in-process gateway over a LocalBackend in a tempdir,
-//! driven by the real qemu/libnbd tools.
+//! Shared harness: an in-process gateway over the local store in a tempdir
+//! (opened through the CLI's `Stores`, so images live where `rbd-row` puts
+//! them: pool `rbd` in `<tempdir>/store/rbd`), driven by the real
+//! qemu/libnbd tools.
 
 #![allow(dead_code, unreachable_pub)]
 
@@ -9,7 +11,7 @@ use std::process::{Command, Output};
 use std::sync::Arc;
 
 use rbd_gateway::{ExportSelection, Gateway, GatewayConfig, ImageRegistry};
-use row_layer::backend::local::LocalBackend;
+use rbd_row_cli::store_select::{StoreTarget, Stores};
 use row_layer::{CreateOptions, Image, Store};
 use tokio::runtime::Runtime;
 use tokio::sync::oneshot;
@@ -22,6 +24,8 @@ pub struct TestGateway {
     pub addr: SocketAddr,
     pub metrics_addr: Option<SocketAddr>,
     pub registry: Arc<ImageRegistry>,
+    /// The stores the gateway serves (local store rooted at `<dir>/store`).
+    pub stores: Arc<Stores>,
     stop: Option<oneshot::Sender<()>>,
     task: Option<tokio::task::JoinHandle<anyhow::Result<()>>>,
 }
@@ -33,6 +37,17 @@ pub fn start(
     selection: ExportSelection,
     with_metrics: bool,
 ) -> TestGateway {
+    start_with(images, selection, with_metrics, |_| {})
+}
+
+/// [`start`], with a hook to adjust the configuration (TLS, tunables)
+/// before binding.
+pub fn start_with(
+    images: &[(&str, u64)],
+    selection: ExportSelection,
+    with_metrics: bool,
+    configure: impl FnOnce(&mut GatewayConfig),
+) -> TestGateway {
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(4)
         .enable_all()
@@ -40,17 +55,18 @@ pub fn start(
         .expect("runtime");
     let dir = tempfile::tempdir().expect("tempdir");
     let store_dir = dir.path().join("store");
+    let stores = local_stores(&store_dir);
     let (gw, addr, metrics_addr, registry) = rt.block_on(async {
-        let backend = LocalBackend::open(&store_dir).expect("open local store");
-        let store = Store::new(Arc::new(backend));
+        let store = pool_store(&stores, "rbd").await;
         for (name, size) in images {
             create_image(&store, name, *size).await;
         }
-        let mut config = GatewayConfig::new(store, selection);
+        let mut config = GatewayConfig::new(stores.clone(), selection);
         config.listen = vec!["127.0.0.1:0".parse().expect("addr")];
         if with_metrics {
             config.metrics_listen = Some("127.0.0.1:0".parse().expect("addr"));
         }
+        configure(&mut config);
         let gw = Gateway::bind(config).await.expect("bind gateway");
         let addr = gw.local_addrs()[0];
         let metrics_addr = gw.metrics_addr();
@@ -67,9 +83,28 @@ pub fn start(
         addr,
         metrics_addr,
         registry,
+        stores,
         stop: Some(stop),
         task: Some(task),
     }
+}
+
+/// The stores of the local store rooted at `dir`, as `rbd-row --store DIR`
+/// and `rbd-gateway --store DIR` open them.
+pub fn local_stores(dir: &Path) -> Arc<Stores> {
+    Arc::new(Stores::new(StoreTarget::Local {
+        dir: dir.to_path_buf(),
+        is_default: false,
+    }))
+}
+
+/// The store of `pool` (default namespace), created if missing.
+pub async fn pool_store(stores: &Stores, pool: &str) -> Store {
+    stores
+        .get(pool, "", true)
+        .await
+        .expect("open pool store")
+        .expect("pool store")
 }
 
 /// Test helper: creates an image through the library.
@@ -90,6 +125,11 @@ impl TestGateway {
         self.rt
             .block_on(self.registry.image(export))
             .expect("open image through the registry")
+    }
+
+    /// The store of pool `rbd` (where unqualified exports live).
+    pub fn store(&self) -> Store {
+        self.rt.block_on(pool_store(&self.stores, "rbd"))
     }
 
     pub fn path(&self, name: &str) -> std::path::PathBuf {
@@ -162,6 +202,182 @@ pub fn nbd_map(url: &str, context: Option<&str>) -> Vec<(u64, u64, u32)> {
         }
     }
     v
+}
+
+/// Test PKI made with the `openssl` CLI: a CA, a server certificate for
+/// 127.0.0.1/localhost signed by it, and client credential directories in
+/// the layout qemu's `tls-creds-x509` and libnbd's `tls-certificates` read
+/// (`ca-cert.pem`, `client-cert.pem`, `client-key.pem`).
+pub struct Pki {
+    pub ca_cert: std::path::PathBuf,
+    pub server_cert: std::path::PathBuf,
+    pub server_key: std::path::PathBuf,
+    /// CA + a client certificate signed by the CA.
+    pub client_dir: std::path::PathBuf,
+    /// CA only: the client presents no certificate.
+    pub anon_dir: std::path::PathBuf,
+    /// CA + a client certificate signed by another (untrusted) CA.
+    pub rogue_dir: std::path::PathBuf,
+}
+
+fn openssl(dir: &Path, args: &[&str]) {
+    let out = Command::new("openssl")
+        .args(args)
+        .current_dir(dir)
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run openssl: {e}"));
+    assert!(
+        out.status.success(),
+        "openssl {args:?} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// Makes a CA (`<name>-cert.pem`, `<name>-key.pem`) in `dir`.
+fn make_ca(dir: &Path, name: &str) {
+    openssl(
+        dir,
+        &[
+            "req",
+            "-x509",
+            "-new",
+            "-nodes",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:prime256v1",
+            "-keyout",
+            &format!("{name}-key.pem"),
+            "-out",
+            &format!("{name}-cert.pem"),
+            "-days",
+            "2",
+            "-subj",
+            &format!("/CN=rbd-row test {name}"),
+            "-addext",
+            "basicConstraints=critical,CA:TRUE",
+            "-addext",
+            "keyUsage=critical,keyCertSign,cRLSign",
+        ],
+    );
+}
+
+/// Makes `<name>-cert.pem`/`<name>-key.pem` signed by CA `ca` with the
+/// given extensions.
+fn make_leaf(dir: &Path, ca: &str, name: &str, cn: &str, ext: &str) {
+    std::fs::write(dir.join(format!("{name}.ext")), ext).expect("write ext");
+    openssl(
+        dir,
+        &[
+            "req",
+            "-new",
+            "-nodes",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:prime256v1",
+            "-keyout",
+            &format!("{name}-key.pem"),
+            "-out",
+            &format!("{name}.csr"),
+            "-subj",
+            &format!("/CN={cn}"),
+        ],
+    );
+    openssl(
+        dir,
+        &[
+            "x509",
+            "-req",
+            "-in",
+            &format!("{name}.csr"),
+            "-CA",
+            &format!("{ca}-cert.pem"),
+            "-CAkey",
+            &format!("{ca}-key.pem"),
+            "-CAcreateserial",
+            "-out",
+            &format!("{name}-cert.pem"),
+            "-days",
+            "2",
+            "-extfile",
+            &format!("{name}.ext"),
+        ],
+    );
+}
+
+pub fn make_pki(dir: &Path) -> Pki {
+    std::fs::create_dir_all(dir).expect("pki dir");
+    make_ca(dir, "ca");
+    make_ca(dir, "rogue-ca");
+    make_leaf(
+        dir,
+        "ca",
+        "server",
+        "localhost",
+        "basicConstraints=CA:FALSE\nkeyUsage=critical,digitalSignature,keyEncipherment\n\
+         extendedKeyUsage=serverAuth\nsubjectAltName=IP:127.0.0.1,DNS:localhost\n",
+    );
+    let client_ext =
+        "basicConstraints=CA:FALSE\nkeyUsage=critical,digitalSignature,keyEncipherment\n\
+                      extendedKeyUsage=clientAuth\n";
+    make_leaf(dir, "ca", "client", "rbd-row test client", client_ext);
+    make_leaf(dir, "rogue-ca", "rogue", "rbd-row rogue client", client_ext);
+    let copy = |from: &str, to: &Path| {
+        std::fs::copy(dir.join(from), to).expect("copy pem");
+    };
+    let client_dir = dir.join("client");
+    let anon_dir = dir.join("anon");
+    let rogue_dir = dir.join("rogue");
+    for d in [&client_dir, &anon_dir, &rogue_dir] {
+        std::fs::create_dir_all(d).expect("mkdir");
+        copy("ca-cert.pem", &d.join("ca-cert.pem"));
+    }
+    copy("client-cert.pem", &client_dir.join("client-cert.pem"));
+    copy("client-key.pem", &client_dir.join("client-key.pem"));
+    // The rogue client trusts the server's CA and its own (so that qemu's
+    // self-check of its certificate passes and the server is the one that
+    // refuses it).
+    let mut bundle = std::fs::read(dir.join("ca-cert.pem")).expect("read ca");
+    bundle.extend(std::fs::read(dir.join("rogue-ca-cert.pem")).expect("read rogue ca"));
+    std::fs::write(rogue_dir.join("ca-cert.pem"), bundle).expect("write bundle");
+    copy("rogue-cert.pem", &rogue_dir.join("client-cert.pem"));
+    copy("rogue-key.pem", &rogue_dir.join("client-key.pem"));
+    Pki {
+        ca_cert: dir.join("ca-cert.pem"),
+        server_cert: dir.join("server-cert.pem"),
+        server_key: dir.join("server-key.pem"),
+        client_dir,
+        anon_dir,
+        rogue_dir,
+    }
+}
+
+/// GET /metrics from `addr`; the body.
+pub fn scrape(rt: &Runtime, addr: SocketAddr) -> String {
+    rt.block_on(async move {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let mut s = tokio::net::TcpStream::connect(addr)
+            .await
+            .expect("connect metrics");
+        s.write_all(b"GET /metrics HTTP/1.0\r\n\r\n")
+            .await
+            .expect("send request");
+        let mut resp = String::new();
+        s.read_to_string(&mut resp).await.expect("read response");
+        assert!(resp.starts_with("HTTP/1.0 200"), "{resp}");
+        resp.split_once("\r\n\r\n")
+            .map(|(_, b)| b.to_owned())
+            .expect("body")
+    })
+}
+
+/// The value of the series `name{labels}` (exact label text) in `body`.
+pub fn series(body: &str, name_and_labels: &str) -> Option<f64> {
+    body.lines().find_map(|l| {
+        let (k, v) = l.rsplit_once(' ')?;
+        (k == name_and_labels).then(|| v.parse().ok())?
+    })
 }
 
 pub fn write_file(path: &Path, data: &[u8]) {

@@ -46,15 +46,45 @@
 //!
 //! Locks are rows in the store, so they persist like RADOS locks do and a
 //! holder that died must be broken by the next one ([`Backend::break_lock`]).
-//! The holder's identity is `client.local.<pid>` at address `local:<pid>`.
+//! The holder's identity is `client.local.<pid>` at address `local:<pid>`,
+//! where `<pid>` is the process that made the call (also through the proxy
+//! below). A lock held by anyone else is `Busy`; whether its holder is dead is
+//! the engine's business (its ownership protocol pings the holder through a
+//! notification on the image header and fences and breaks a silent one).
 //!
-//! # Single process
-//! redb lets only one process open a database file for writing, so the local
-//! store belongs to one process at a time: a second `open` of the same
-//! directory, from another process or from the same one, fails with `Busy`
-//! naming the directory. Other processes (the CLI) must go through the process
-//! that owns the store (the gateway). Watch/notify is therefore in-process
-//! only: tokio channels keyed by object, as in the in-memory backend.
+//! # Several processes
+//! redb lets only one process open a database file, so the first process that
+//! opens a directory becomes its *store server*: it opens the file and also
+//! listens on the Unix socket `<dir>/store.sock` (a stale socket file nobody
+//! answers on is replaced). A later process whose open finds the file already
+//! open connects to that socket instead and gets a handle in *client mode*
+//! that sends every [`Backend`] call to the server and gets its answer there
+//! (many calls in flight on one connection per process). Both kinds of handle
+//! behave the same, and the contract holds across processes:
+//! - watch/notify is shared: a client's watch registers with the server, which
+//!   pushes notifications to it over its connection and carries its reply
+//!   back; a notify from any process reaches the watchers of every process;
+//! - locks are taken in the name of the calling process. When a client's
+//!   connection drops, its watches go (so it stops answering liveness pings
+//!   and its images can be taken over) but its locks stay, as on RADOS;
+//! - [`Backend::fence`] of a process marks it fenced on the server: every
+//!   later request of that process fails with `Fenced` and its watches go.
+//!   Fencing the calling process itself is a no-op (in one process the
+//!   owner-xattr guard stops a stale handle), and the server process cannot
+//!   be fenced (`Busy`);
+//! - a client's calls that are in flight when the server process exits fail
+//!   with `Io` ("local store server went away"); its next call first
+//!   reconnects to a new server or, if the database file is free (the dead
+//!   server's file lock is released by the kernel), opens it and becomes the
+//!   server itself. Watches of the lost connection are gone; locks persist.
+//!
+//! Make the long-running process (the gateway) the first to open a store, so
+//! that it is the server and short-lived processes (the CLI) are its clients.
+//! One process holds at most one handle of a directory (lock holders are
+//! named by process): a second `open` in the same process fails with `Busy`.
+//! The wire format (`local_proxy.rs`) is length-prefixed frames of
+//! [`crate::envelope`] records (postcard, one magic per message kind, crc32c),
+//! at most 64 MiB each.
 //!
 //! redb's API is blocking, so every call runs on tokio's blocking pool
 //! (`spawn_blocking`); the returned futures must be polled inside a tokio
@@ -69,7 +99,7 @@ use redb::{
     Database, Durability, ReadableDatabase, ReadableTable, Table, TableDefinition, WriteTransaction,
 };
 use serde::{Deserialize, Serialize};
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -92,6 +122,9 @@ const DATA: TableDefinition<(Raw, u64), Raw> = TableDefinition::new("data");
 const OMAP: TableDefinition<(Raw, Raw), Raw> = TableDefinition::new("omap");
 const XATTR: TableDefinition<(Raw, Raw), Raw> = TableDefinition::new("xattr");
 const LOCKS: TableDefinition<(Raw, Raw), Raw> = TableDefinition::new("locks");
+
+#[path = "local_proxy.rs"]
+mod local_proxy;
 
 /// Tuning knobs of [`LocalBackend::open_with`].
 #[derive(Debug, Clone)]
@@ -504,22 +537,33 @@ impl<'t> Tables<'t> {
     }
 }
 
-/// The open database plus the registration that keeps a second in-process
-/// open of the same directory out. Dropped when the last in-flight blocking
-/// call finishes, which closes the file and then releases the registration.
+/// The open database and the state every client of it shares: the watch
+/// registry and the fenced processes. Owned by the store server (the process
+/// that opened the file); dropped when the last in-flight blocking call
+/// finishes, which closes the file.
 struct Store {
     db: Database,
-    _registration: Registration,
     dir: PathBuf,
     quick_repair: bool,
+    /// The process that has the database open (the store server).
+    pid: u32,
+    watchers: Mutex<Watchers>,
+    /// Processes fenced with [`Backend::fence`]: every later request of
+    /// theirs fails with `Fenced`.
+    fenced: Mutex<HashSet<u32>>,
 }
 
-/// Directories this process has open (redb's file lock may not exclude a
-/// second open from the same process on every platform).
+/// Directories this process has a handle of (redb's file lock may not
+/// exclude a second open from the same process on every platform, and lock
+/// holders are named by process, so one handle per process and directory).
 static OPEN_DIRS: Mutex<Vec<PathBuf>> = Mutex::new(Vec::new());
 
 fn open_dirs() -> std::sync::MutexGuard<'static, Vec<PathBuf>> {
-    match OPEN_DIRS.lock() {
+    lock_or_recover(&OPEN_DIRS)
+}
+
+fn lock_or_recover<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    match m.lock() {
         Ok(g) => g,
         Err(poisoned) => poisoned.into_inner(),
     }
@@ -531,7 +575,11 @@ impl Registration {
     fn take(dir: &Path) -> Result<Self> {
         let mut dirs = open_dirs();
         if dirs.iter().any(|d| d == dir) {
-            return Err(busy_error(dir));
+            return Err(Error::busy(format!(
+                "local store {} is already open in this process; use one handle per \
+                 process (lock holders are named by process)",
+                dir.display()
+            )));
         }
         dirs.push(dir.to_path_buf());
         Ok(Registration(dir.to_path_buf()))
@@ -544,45 +592,190 @@ impl Drop for Registration {
     }
 }
 
-fn busy_error(dir: &Path) -> Error {
-    Error::busy(format!(
-        "local store {} is already open by another process or handle; the local store \
-         is single-process, go through the process that owns it (the gateway)",
-        dir.display()
-    ))
+/// Opens the database in `dir` as the store server of this process.
+/// `Ok(None)`: another process has it open (connect to its server instead).
+fn open_db(dir: &Path, options: &LocalOptions, pid: u32) -> Result<Option<Store>> {
+    let path = dir.join(DB_FILE);
+    let db = match redb::Builder::new()
+        .set_cache_size(options.cache_size)
+        .create(&path)
+    {
+        Ok(db) => db,
+        Err(redb::DatabaseError::DatabaseAlreadyOpen)
+        | Err(redb::DatabaseError::LockProtocolMismatch) => return Ok(None),
+        Err(e) => return Err(e).ctx(|| format!("opening {}", path.display())),
+    };
+    init_format(&db, &path)?;
+    Ok(Some(Store {
+        db,
+        dir: dir.to_path_buf(),
+        quick_repair: options.quick_repair,
+        pid,
+        watchers: Mutex::new(Watchers::default()),
+        fenced: Mutex::new(HashSet::new()),
+    }))
+}
+
+/// A registered watch: the object, where notifications go, and the process
+/// that registered it (removed when that process is fenced).
+struct WatchEntry {
+    oid: String,
+    tx: tokio::sync::mpsc::UnboundedSender<Notification>,
+    pid: u32,
 }
 
 #[derive(Default)]
 struct Watchers {
     next: u64,
-    by_id: HashMap<u64, (String, tokio::sync::mpsc::UnboundedSender<Notification>)>,
+    by_id: HashMap<u64, WatchEntry>,
 }
 
-/// The embedded local backend (see the module docs).
+/// The lock-holder name of process `pid`.
+fn client_name(pid: u32) -> String {
+    format!("client.local.{pid}")
+}
+
+/// The lock-holder address of process `pid`.
+fn client_address(pid: u32) -> String {
+    format!("local:{pid}")
+}
+
+/// The process a local-store lock owner names.
+fn owner_pid(owner: &LockOwner) -> Result<u32> {
+    owner
+        .address
+        .strip_prefix("local:")
+        .or_else(|| owner.client.strip_prefix("client.local."))
+        .and_then(|p| p.parse().ok())
+        .ok_or_else(|| {
+            Error::invalid(format!(
+                "lock owner {} at {} is not a local-store client",
+                owner.client, owner.address
+            ))
+        })
+}
+
+/// One call of the [`Backend`] API, by value: what a handle executes on the
+/// database directly (store server) or sends to the server (client mode).
+#[derive(Debug)]
+enum Call {
+    Read {
+        oid: String,
+        offset: u64,
+        len: u64,
+    },
+    Stat {
+        oid: String,
+    },
+    OmapGet {
+        oid: String,
+        start_after: String,
+        prefix: String,
+        max: usize,
+    },
+    GetXattr {
+        oid: String,
+        name: String,
+    },
+    Operate {
+        oid: String,
+        op: WriteOp,
+    },
+    List {
+        prefix: String,
+    },
+    Flush,
+    Lock {
+        oid: String,
+        name: String,
+        cookie: String,
+        description: String,
+    },
+    Unlock {
+        oid: String,
+        name: String,
+        cookie: String,
+    },
+    LockOwners {
+        oid: String,
+        name: String,
+    },
+    BreakLock {
+        oid: String,
+        name: String,
+        owner: LockOwner,
+    },
+    Watch {
+        oid: String,
+    },
+    Unwatch {
+        id: u64,
+    },
+    Fence {
+        owner: LockOwner,
+    },
+    Notify {
+        oid: String,
+        payload: Bytes,
+        timeout: Duration,
+    },
+}
+
+/// The result of a [`Call`].
+#[derive(Debug)]
+enum Answer {
+    Unit,
+    Data(Bytes),
+    Stat(ObjectStat),
+    Omap(Vec<(String, Bytes)>),
+    Xattr(Option<Bytes>),
+    Names(Vec<String>),
+    Owners(Vec<LockOwner>),
+    Watch(Watch),
+    Replies(Vec<Bytes>),
+}
+
+fn unexpected(what: &str, a: Answer) -> Error {
+    Error::io(format!("local store: unexpected answer to {what}: {a:?}"))
+}
+
+/// The embedded local backend (see the module docs). A handle is either the
+/// store server of its directory (it has the database open) or a client of
+/// the process that is; a client whose server went away reconnects to a new
+/// server or becomes the server itself.
 pub struct LocalBackend {
-    store: Arc<Store>,
-    client: String,
-    address: String,
-    watchers: Mutex<Watchers>,
+    dir: PathBuf,
+    options: LocalOptions,
+    pid: u32,
+    link: Mutex<local_proxy::Link>,
+    /// Serialises reconnect-or-take-over after the server went away.
+    recovery: tokio::sync::Mutex<()>,
+    // Last: released after the link (and with it the database) is dropped.
+    _registration: Registration,
 }
 
 impl std::fmt::Debug for LocalBackend {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("LocalBackend")
-            .field("dir", &self.store.dir)
-            .field("client", &self.client)
+            .field("dir", &self.dir)
+            .field("client", &client_name(self.pid))
+            .field("serves_store", &self.serves_store())
             .finish_non_exhaustive()
     }
 }
 
 impl LocalBackend {
     /// Opens (creating if needed) the store in `dir` with default options.
-    /// Blocks while redb opens the file, which includes crash recovery.
+    /// Blocks while redb opens the file, which includes crash recovery, or
+    /// while connecting to the process that has it open.
     pub fn open(dir: &Path) -> Result<Self> {
         Self::open_with(dir, LocalOptions::default())
     }
 
-    /// Opens (creating if needed) the store in `dir`.
+    /// Opens (creating if needed) the store in `dir`: as its server if no
+    /// other process has it open, otherwise as a client of that process.
+    /// A second handle of the same directory in one process is refused
+    /// with `Busy`.
     pub fn open_with(dir: &Path, options: LocalOptions) -> Result<Self> {
         std::fs::create_dir_all(dir).map_err(|e| {
             Error::io(format!(
@@ -597,50 +790,93 @@ impl LocalBackend {
             ))
         })?;
         let registration = Registration::take(&dir)?;
-        let path = dir.join(DB_FILE);
-        let db = match redb::Builder::new()
-            .set_cache_size(options.cache_size)
-            .create(&path)
-        {
-            Ok(db) => db,
-            Err(redb::DatabaseError::DatabaseAlreadyOpen)
-            | Err(redb::DatabaseError::LockProtocolMismatch) => return Err(busy_error(&dir)),
-            Err(e) => return Err(e).ctx(|| format!("opening {}", path.display())),
-        };
-        init_format(&db, &path)?;
         let pid = std::process::id();
+        let link = local_proxy::establish(&dir, &options, pid)?;
         Ok(LocalBackend {
-            store: Arc::new(Store {
-                db,
-                _registration: registration,
-                dir,
-                quick_repair: options.quick_repair,
-            }),
-            client: format!("client.local.{pid}"),
-            address: format!("local:{pid}"),
-            watchers: Mutex::new(Watchers::default()),
+            dir,
+            options,
+            pid,
+            link: Mutex::new(link),
+            recovery: tokio::sync::Mutex::new(()),
+            _registration: registration,
         })
     }
 
     /// The (canonical) store directory.
     pub fn dir(&self) -> &Path {
-        &self.store.dir
+        &self.dir
     }
 
+    /// Whether this handle has the database open itself (it is the store
+    /// server of its directory) rather than proxying to another process.
+    pub fn serves_store(&self) -> bool {
+        matches!(*lock_or_recover(&self.link), local_proxy::Link::Server(_))
+    }
+
+    /// Executes `call` directly or through the store server.
+    fn call(&self, call: Call) -> BoxFuture<'_, Result<Answer>> {
+        local_proxy::call(self, call).boxed()
+    }
+}
+
+impl Store {
     fn watchers(&self) -> std::sync::MutexGuard<'_, Watchers> {
-        match self.watchers.lock() {
-            Ok(g) => g,
-            Err(poisoned) => poisoned.into_inner(),
+        lock_or_recover(&self.watchers)
+    }
+
+    fn is_fenced(&self, pid: u32) -> bool {
+        lock_or_recover(&self.fenced).contains(&pid)
+    }
+
+    fn add_watch(
+        &self,
+        oid: String,
+        tx: tokio::sync::mpsc::UnboundedSender<Notification>,
+        pid: u32,
+    ) -> u64 {
+        let mut w = self.watchers();
+        w.next += 1;
+        let id = w.next;
+        w.by_id.insert(id, WatchEntry { oid, tx, pid });
+        id
+    }
+
+    fn remove_watch(&self, id: u64) {
+        self.watchers().by_id.remove(&id);
+    }
+
+    /// Fences process `owner` for requests made by process `caller`.
+    fn fence(&self, owner: &LockOwner, caller: u32) -> Result<()> {
+        let pid = owner_pid(owner)?;
+        if pid == caller {
+            // A stale handle of the caller's own process: the owner-xattr
+            // guard stops its metadata commits; fencing would cut off the
+            // caller itself.
+            tracing::warn!(
+                owner = %owner.client,
+                "not fencing the calling process itself"
+            );
+            return Ok(());
         }
+        if pid == self.pid {
+            return Err(Error::busy(format!(
+                "refusing to fence process {pid}: it is the local store server of {}",
+                self.dir.display()
+            )));
+        }
+        lock_or_recover(&self.fenced).insert(pid);
+        self.watchers().by_id.retain(|_, w| w.pid != pid);
+        tracing::warn!(pid, store = %self.dir.display(), "fenced a local store client");
+        Ok(())
     }
 
     /// Runs `f` on the blocking pool with the database.
-    fn blocking<T, F>(&self, f: F) -> BoxFuture<'static, Result<T>>
+    fn blocking<T, F>(self: &Arc<Self>, f: F) -> BoxFuture<'static, Result<T>>
     where
         T: Send + 'static,
         F: FnOnce(&Store) -> Result<T> + Send + 'static,
     {
-        let store = self.store.clone();
+        let store = self.clone();
         async move {
             tokio::task::spawn_blocking(move || f(&store))
                 .await
@@ -651,7 +887,7 @@ impl LocalBackend {
 
     /// Runs `f` in a non-durable write transaction; commits if it returns
     /// `Ok(true)`, aborts otherwise.
-    fn write_txn<F>(&self, what: String, f: F) -> BoxFuture<'static, Result<()>>
+    fn write_txn<F>(self: &Arc<Self>, what: String, f: F) -> BoxFuture<'static, Result<Answer>>
     where
         F: FnOnce(&WriteTransaction) -> Result<bool> + Send + 'static,
     {
@@ -659,18 +895,18 @@ impl LocalBackend {
             let mut txn = s.db.begin_write().ctx(|| what.clone())?;
             txn.set_durability(Durability::None).ctx(|| what.clone())?;
             if f(&txn)? {
-                txn.commit().ctx(|| format!("committing {what}"))
+                txn.commit().ctx(|| format!("committing {what}"))?;
             } else {
-                txn.abort().ctx(|| format!("aborting {what}"))
+                txn.abort().ctx(|| format!("aborting {what}"))?;
             }
+            Ok(Answer::Unit)
         })
     }
 
     /// Runs `f` in a read transaction.
-    fn read_txn<T, F>(&self, what: String, f: F) -> BoxFuture<'static, Result<T>>
+    fn read_txn<F>(self: &Arc<Self>, what: String, f: F) -> BoxFuture<'static, Result<Answer>>
     where
-        T: Send + 'static,
-        F: FnOnce(&redb::ReadTransaction) -> Result<T> + Send + 'static,
+        F: FnOnce(&redb::ReadTransaction) -> Result<Answer> + Send + 'static,
     {
         self.blocking(move |s| {
             let txn = s.db.begin_read().ctx(|| what.clone())?;
@@ -730,295 +966,147 @@ fn init_format(db: &Database, path: &Path) -> Result<()> {
     txn.commit().ctx(what)
 }
 
-impl Backend for LocalBackend {
-    fn kind(&self) -> &'static str {
-        "local"
-    }
-
-    fn read(&self, oid: &str, offset: u64, len: u64) -> BoxFuture<'_, Result<Bytes>> {
-        let oid = oid.to_string();
-        self.read_txn(format!("reading {oid}"), move |txn| {
-            let meta_t = txn.open_table(META).ctx(|| "opening meta".into())?;
-            let data_t = txn.open_table(DATA).ctx(|| "opening data".into())?;
-            let size = get_meta(&meta_t, &oid)?.ok_or_else(|| missing(&oid))?.size;
-            let start = offset.min(size);
-            let end = start.saturating_add(len).min(size);
-            let n = usize::try_from(end - start)
-                .map_err(|_| Error::invalid(format!("read of {oid}: length too large")))?;
-            let mut out = vec![0u8; n];
-            if n == 0 {
-                return Ok(Bytes::from(out));
+impl Store {
+    /// Executes `call` on the database for process `caller` (whose identity
+    /// lock records carry).
+    fn execute(self: &Arc<Self>, call: Call, caller: u32) -> BoxFuture<'static, Result<Answer>> {
+        match call {
+            Call::Read { oid, offset, len } => self
+                .read_txn(format!("reading {oid}"), move |txn| {
+                    read_object(txn, &oid, offset, len).map(Answer::Data)
+                }),
+            Call::Stat { oid } => self.read_txn(format!("stat of {oid}"), move |txn| {
+                let meta_t = txn.open_table(META).ctx(|| "opening meta".into())?;
+                let m = get_meta(&meta_t, &oid)?.ok_or_else(|| missing(&oid))?;
+                Ok(Answer::Stat(ObjectStat {
+                    size: m.size,
+                    version: m.version,
+                }))
+            }),
+            Call::OmapGet {
+                oid,
+                start_after,
+                prefix,
+                max,
+            } => self.read_txn(format!("omap of {oid}"), move |txn| {
+                omap_get(txn, &oid, &start_after, &prefix, max).map(Answer::Omap)
+            }),
+            Call::GetXattr { oid, name } => {
+                self.read_txn(format!("xattr {name} of {oid}"), move |txn| {
+                    let meta_t = txn.open_table(META).ctx(|| "opening meta".into())?;
+                    let xattr_t = txn.open_table(XATTR).ctx(|| "opening xattr".into())?;
+                    if get_meta(&meta_t, &oid)?.is_none() {
+                        return Err(missing(&oid));
+                    }
+                    Ok(Answer::Xattr(
+                        get_pair(&xattr_t, &oid, &name, "xattr")?.map(Bytes::from),
+                    ))
+                })
             }
-            let k = oid.as_bytes();
-            let range = data_t
-                .range((k, start / CHUNK_SIZE)..=(k, (end - 1) / CHUNK_SIZE))
-                .ctx(|| format!("reading chunks of {oid}"))?;
-            for entry in range {
-                let (key, value) = entry.ctx(|| format!("reading chunks of {oid}"))?;
-                let idx = key.value().1;
-                let chunk = value.value();
-                let cstart = idx * CHUNK_SIZE;
-                let cend = cstart + chunk.len() as u64;
-                if chunk.len() > CHUNK || cend > size {
-                    return Err(corrupt(
-                        &oid,
-                        format!("chunk {idx} ({} bytes) exceeds size {size}", chunk.len()),
-                    ));
+            Call::Operate { oid, op } => self.write_txn(format!("operate on {oid}"), move |txn| {
+                let mut t = Tables::open(txn)?;
+                t.apply(&oid, &op)
+            }),
+            Call::List { prefix } => self.read_txn(format!("listing {prefix}"), move |txn| {
+                list(txn, &prefix).map(Answer::Names)
+            }),
+            Call::Flush => self.blocking(|s| {
+                let mut txn = s.db.begin_write().ctx(|| "flush".into())?;
+                txn.set_durability(Durability::Immediate)
+                    .ctx(|| "flush".into())?;
+                txn.set_quick_repair(s.quick_repair);
+                txn.commit().ctx(|| "durable commit (flush)".into())?;
+                Ok(Answer::Unit)
+            }),
+            Call::Lock {
+                oid,
+                name,
+                cookie,
+                description,
+            } => {
+                let rec = LockRecord {
+                    client: client_name(caller),
+                    cookie,
+                    address: client_address(caller),
+                    description,
+                };
+                self.write_txn(format!("locking {name} on {oid}"), move |txn| {
+                    lock_exclusive(txn, &oid, &name, &rec)
+                })
+            }
+            Call::Unlock { oid, name, cookie } => {
+                let client = client_name(caller);
+                self.write_txn(format!("unlocking {name} on {oid}"), move |txn| {
+                    let mut locks = txn.open_table(LOCKS).ctx(|| "opening locks".into())?;
+                    let held = get_pair(&locks, &oid, &name, "lock")?
+                        .map(|b| LockRecord::decode(&oid, &b))
+                        .transpose()?;
+                    match held {
+                        Some(h) if h.cookie == cookie && h.client == client => {
+                            locks
+                                .remove((oid.as_bytes(), name.as_bytes()))
+                                .ctx(|| format!("removing lock {name} on {oid}"))?;
+                            Ok(true)
+                        }
+                        _ => Err(Error::not_found(format!(
+                            "lock {name} on {oid} not held by {cookie}"
+                        ))),
+                    }
+                })
+            }
+            Call::LockOwners { oid, name } => {
+                self.read_txn(format!("lock owners of {name} on {oid}"), move |txn| {
+                    let locks = txn.open_table(LOCKS).ctx(|| "opening locks".into())?;
+                    let held = get_pair(&locks, &oid, &name, "lock")?;
+                    held.map(|b| LockRecord::decode(&oid, &b).map(|r| r.owner()))
+                        .into_iter()
+                        .collect::<Result<Vec<_>>>()
+                        .map(Answer::Owners)
+                })
+            }
+            Call::BreakLock { oid, name, owner } => {
+                self.write_txn(format!("breaking lock {name} on {oid}"), move |txn| {
+                    let mut locks = txn.open_table(LOCKS).ctx(|| "opening locks".into())?;
+                    let held = get_pair(&locks, &oid, &name, "lock")?
+                        .map(|b| LockRecord::decode(&oid, &b))
+                        .transpose()?;
+                    match held {
+                        Some(h) if h.owner() == owner => {
+                            locks
+                                .remove((oid.as_bytes(), name.as_bytes()))
+                                .ctx(|| format!("removing lock {name} on {oid}"))?;
+                            Ok(true)
+                        }
+                        _ => Err(Error::not_found(format!(
+                            "lock {name} on {oid} not held by that owner"
+                        ))),
+                    }
+                })
+            }
+            Call::Watch { oid } => {
+                let exists = self.execute(Call::Stat { oid: oid.clone() }, caller);
+                let store = self.clone();
+                async move {
+                    exists.await?;
+                    let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+                    let id = store.add_watch(oid, tx, caller);
+                    Ok(Answer::Watch(Watch { id, events: rx }))
                 }
-                let lo = cstart.max(start);
-                let hi = cend.min(end);
-                if lo < hi {
-                    out[(lo - start) as usize..(hi - start) as usize]
-                        .copy_from_slice(&chunk[(lo - cstart) as usize..(hi - cstart) as usize]);
-                }
+                .boxed()
             }
-            Ok(Bytes::from(out))
-        })
-    }
-
-    fn stat(&self, oid: &str) -> BoxFuture<'_, Result<ObjectStat>> {
-        let oid = oid.to_string();
-        self.read_txn(format!("stat of {oid}"), move |txn| {
-            let meta_t = txn.open_table(META).ctx(|| "opening meta".into())?;
-            let m = get_meta(&meta_t, &oid)?.ok_or_else(|| missing(&oid))?;
-            Ok(ObjectStat {
-                size: m.size,
-                version: m.version,
-            })
-        })
-    }
-
-    fn omap_get(
-        &self,
-        oid: &str,
-        start_after: &str,
-        prefix: &str,
-        max: usize,
-    ) -> BoxFuture<'_, Result<Vec<(String, Bytes)>>> {
-        let (oid, start_after, prefix) =
-            (oid.to_string(), start_after.to_string(), prefix.to_string());
-        self.read_txn(format!("omap of {oid}"), move |txn| {
-            let meta_t = txn.open_table(META).ctx(|| "opening meta".into())?;
-            let omap_t = txn.open_table(OMAP).ctx(|| "opening omap".into())?;
-            if get_meta(&meta_t, &oid)?.is_none() {
-                return Err(missing(&oid));
+            Call::Unwatch { id } => {
+                self.remove_watch(id);
+                futures::future::ready(Ok(Answer::Unit)).boxed()
             }
-            let mut out = Vec::new();
-            if max == 0 {
-                return Ok(out);
+            Call::Fence { owner } => {
+                futures::future::ready(self.fence(&owner, caller).map(|()| Answer::Unit)).boxed()
             }
-            let k = oid.as_bytes();
-            let end = successor(k);
-            let empty: &[u8] = &[];
-            // Keys with the prefix form one contiguous run starting at the
-            // prefix itself; start there or after `start_after`, whichever
-            // is later, and stop at the first key without the prefix.
-            let lower = if start_after.as_str() >= prefix.as_str() {
-                std::ops::Bound::Excluded((k, start_after.as_bytes()))
-            } else {
-                std::ops::Bound::Included((k, prefix.as_bytes()))
-            };
-            let upper = std::ops::Bound::Excluded((end.as_slice(), empty));
-            let range = omap_t
-                .range((lower, upper))
-                .ctx(|| format!("scanning omap of {oid}"))?;
-            for entry in range {
-                let (key, value) = entry.ctx(|| format!("scanning omap of {oid}"))?;
-                let name = key.value().1;
-                if !name.starts_with(prefix.as_bytes()) {
-                    break;
-                }
-                out.push((
-                    decode_str(&oid, "omap key", name)?,
-                    Bytes::copy_from_slice(value.value()),
-                ));
-                if out.len() == max {
-                    break;
-                }
-            }
-            Ok(out)
-        })
-    }
-
-    fn get_xattr(&self, oid: &str, name: &str) -> BoxFuture<'_, Result<Option<Bytes>>> {
-        let (oid, name) = (oid.to_string(), name.to_string());
-        self.read_txn(format!("xattr {name} of {oid}"), move |txn| {
-            let meta_t = txn.open_table(META).ctx(|| "opening meta".into())?;
-            let xattr_t = txn.open_table(XATTR).ctx(|| "opening xattr".into())?;
-            if get_meta(&meta_t, &oid)?.is_none() {
-                return Err(missing(&oid));
-            }
-            Ok(get_pair(&xattr_t, &oid, &name, "xattr")?.map(Bytes::from))
-        })
-    }
-
-    fn operate(&self, oid: &str, op: WriteOp) -> BoxFuture<'_, Result<()>> {
-        let oid = oid.to_string();
-        self.write_txn(format!("operate on {oid}"), move |txn| {
-            let mut t = Tables::open(txn)?;
-            t.apply(&oid, &op)
-        })
-    }
-
-    fn list(&self, prefix: &str) -> BoxFuture<'_, Result<Vec<String>>> {
-        let prefix = prefix.to_string();
-        self.read_txn(format!("listing {prefix}"), move |txn| {
-            let meta_t = txn.open_table(META).ctx(|| "opening meta".into())?;
-            let p = prefix.as_bytes();
-            let range = meta_t.range(p..).ctx(|| format!("listing {prefix}"))?;
-            let mut out = Vec::new();
-            for entry in range {
-                let (key, _) = entry.ctx(|| format!("listing {prefix}"))?;
-                let name = key.value();
-                if !name.starts_with(p) {
-                    break;
-                }
-                out.push(decode_str(
-                    &String::from_utf8_lossy(name),
-                    "object name",
-                    name,
-                )?);
-            }
-            Ok(out)
-        })
-    }
-
-    fn flush(&self) -> BoxFuture<'_, Result<()>> {
-        self.blocking(|s| {
-            let mut txn = s.db.begin_write().ctx(|| "flush".into())?;
-            txn.set_durability(Durability::Immediate)
-                .ctx(|| "flush".into())?;
-            txn.set_quick_repair(s.quick_repair);
-            txn.commit().ctx(|| "durable commit (flush)".into())
-        })
-    }
-
-    fn lock_exclusive(
-        &self,
-        oid: &str,
-        name: &str,
-        cookie: &str,
-        description: &str,
-    ) -> BoxFuture<'_, Result<()>> {
-        let (oid, name) = (oid.to_string(), name.to_string());
-        let rec = LockRecord {
-            client: self.client.clone(),
-            cookie: cookie.to_string(),
-            address: self.address.clone(),
-            description: description.to_string(),
-        };
-        self.write_txn(format!("locking {name} on {oid}"), move |txn| {
-            let mut locks = txn.open_table(LOCKS).ctx(|| "opening locks".into())?;
-            if let Some(b) = get_pair(&locks, &oid, &name, "lock")? {
-                let held = LockRecord::decode(&oid, &b)?;
-                if held.cookie == rec.cookie && held.client == rec.client {
-                    return Ok(false);
-                }
-                if held.client != rec.client {
-                    // Only one process can have the store open, so a lock
-                    // of another client is a leftover of a process that
-                    // died holding it: take it over.
-                    tracing::warn!(
-                        object = %oid,
-                        lock = %name,
-                        stale_holder = %held.client,
-                        "breaking a lock left by a process that no longer has the store open"
-                    );
-                } else {
-                    return Err(Error::busy(format!(
-                        "lock {name} on {oid} is held by {} (cookie {})",
-                        held.client, held.cookie
-                    )));
-                }
-            }
-            Tables::open(txn)?.apply(&oid, &WriteOp::new().action(Action::Create))?;
-            locks
-                .insert(
-                    (oid.as_bytes(), name.as_bytes()),
-                    rec.encode(&oid)?.as_slice(),
-                )
-                .ctx(|| format!("writing lock {name} on {oid}"))?;
-            Ok(true)
-        })
-    }
-
-    fn unlock(&self, oid: &str, name: &str, cookie: &str) -> BoxFuture<'_, Result<()>> {
-        let (oid, name, cookie) = (oid.to_string(), name.to_string(), cookie.to_string());
-        let client = self.client.clone();
-        self.write_txn(format!("unlocking {name} on {oid}"), move |txn| {
-            let mut locks = txn.open_table(LOCKS).ctx(|| "opening locks".into())?;
-            let held = get_pair(&locks, &oid, &name, "lock")?
-                .map(|b| LockRecord::decode(&oid, &b))
-                .transpose()?;
-            match held {
-                Some(h) if h.cookie == cookie && h.client == client => {
-                    locks
-                        .remove((oid.as_bytes(), name.as_bytes()))
-                        .ctx(|| format!("removing lock {name} on {oid}"))?;
-                    Ok(true)
-                }
-                _ => Err(Error::not_found(format!(
-                    "lock {name} on {oid} not held by {cookie}"
-                ))),
-            }
-        })
-    }
-
-    fn lock_owners(&self, oid: &str, name: &str) -> BoxFuture<'_, Result<Vec<LockOwner>>> {
-        let (oid, name) = (oid.to_string(), name.to_string());
-        self.read_txn(format!("lock owners of {name} on {oid}"), move |txn| {
-            let locks = txn.open_table(LOCKS).ctx(|| "opening locks".into())?;
-            let held = get_pair(&locks, &oid, &name, "lock")?;
-            held.map(|b| LockRecord::decode(&oid, &b).map(|r| r.owner()))
-                .into_iter()
-                .collect()
-        })
-    }
-
-    fn break_lock(&self, oid: &str, name: &str, owner: &LockOwner) -> BoxFuture<'_, Result<()>> {
-        let (oid, name, owner) = (oid.to_string(), name.to_string(), owner.clone());
-        self.write_txn(format!("breaking lock {name} on {oid}"), move |txn| {
-            let mut locks = txn.open_table(LOCKS).ctx(|| "opening locks".into())?;
-            let held = get_pair(&locks, &oid, &name, "lock")?
-                .map(|b| LockRecord::decode(&oid, &b))
-                .transpose()?;
-            match held {
-                Some(h) if h.owner() == owner => {
-                    locks
-                        .remove((oid.as_bytes(), name.as_bytes()))
-                        .ctx(|| format!("removing lock {name} on {oid}"))?;
-                    Ok(true)
-                }
-                _ => Err(Error::not_found(format!(
-                    "lock {name} on {oid} not held by that owner"
-                ))),
-            }
-        })
-    }
-
-    fn watch(&self, oid: &str) -> BoxFuture<'_, Result<Watch>> {
-        let oid = oid.to_string();
-        let exists = self.stat(&oid);
-        async move {
-            exists.await?;
-            let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
-            let mut w = self.watchers();
-            w.next += 1;
-            let id = w.next;
-            w.by_id.insert(id, (oid, tx));
-            Ok(Watch { id, events: rx })
+            Call::Notify {
+                oid,
+                payload,
+                timeout,
+            } => self.notify(&oid, payload, timeout),
         }
-        .boxed()
-    }
-
-    fn unwatch(&self, watch_id: u64) -> BoxFuture<'_, Result<()>> {
-        self.watchers().by_id.remove(&watch_id);
-        async { Ok(()) }.boxed()
-    }
-
-    fn fence(&self, owner: &LockOwner) -> BoxFuture<'_, Result<()>> {
-        let _ = owner;
-        async { Ok(()) }.boxed()
     }
 
     fn notify(
@@ -1026,15 +1114,15 @@ impl Backend for LocalBackend {
         oid: &str,
         payload: Bytes,
         timeout: Duration,
-    ) -> BoxFuture<'_, Result<Vec<Bytes>>> {
+    ) -> BoxFuture<'static, Result<Answer>> {
         let mut receivers = Vec::new();
-        self.watchers().by_id.retain(|_, (o, tx)| {
-            if o != oid {
+        self.watchers().by_id.retain(|_, w| {
+            if w.oid != oid {
                 return true;
             }
             let (rtx, rrx) = tokio::sync::oneshot::channel();
-            let delivered = tx
-                .send(Notification {
+            let delivered =
+                w.tx.send(Notification {
                     payload: payload.clone(),
                     reply: rtx,
                 })
@@ -1045,16 +1133,347 @@ impl Backend for LocalBackend {
             delivered
         });
         async move {
+            let deadline = tokio::time::Instant::now() + timeout;
             let mut replies = Vec::new();
             for rx in receivers {
-                match tokio::time::timeout(timeout, rx).await {
+                match tokio::time::timeout_at(deadline, rx).await {
                     Ok(Ok(reply)) => replies.push(reply),
                     Ok(Err(_dropped)) => replies.push(Bytes::new()),
                     Err(_timed_out) => {}
                 }
             }
-            Ok(replies)
+            Ok(Answer::Replies(replies))
         }
         .boxed()
     }
+}
+
+fn read_object(txn: &redb::ReadTransaction, oid: &str, offset: u64, len: u64) -> Result<Bytes> {
+    let meta_t = txn.open_table(META).ctx(|| "opening meta".into())?;
+    let data_t = txn.open_table(DATA).ctx(|| "opening data".into())?;
+    let size = get_meta(&meta_t, oid)?.ok_or_else(|| missing(oid))?.size;
+    let start = offset.min(size);
+    let end = start.saturating_add(len).min(size);
+    let n = usize::try_from(end - start)
+        .map_err(|_| Error::invalid(format!("read of {oid}: length too large")))?;
+    let mut out = vec![0u8; n];
+    if n == 0 {
+        return Ok(Bytes::from(out));
+    }
+    let k = oid.as_bytes();
+    let range = data_t
+        .range((k, start / CHUNK_SIZE)..=(k, (end - 1) / CHUNK_SIZE))
+        .ctx(|| format!("reading chunks of {oid}"))?;
+    for entry in range {
+        let (key, value) = entry.ctx(|| format!("reading chunks of {oid}"))?;
+        let idx = key.value().1;
+        let chunk = value.value();
+        let cstart = idx * CHUNK_SIZE;
+        let cend = cstart + chunk.len() as u64;
+        if chunk.len() > CHUNK || cend > size {
+            return Err(corrupt(
+                oid,
+                format!("chunk {idx} ({} bytes) exceeds size {size}", chunk.len()),
+            ));
+        }
+        let lo = cstart.max(start);
+        let hi = cend.min(end);
+        if lo < hi {
+            out[(lo - start) as usize..(hi - start) as usize]
+                .copy_from_slice(&chunk[(lo - cstart) as usize..(hi - cstart) as usize]);
+        }
+    }
+    Ok(Bytes::from(out))
+}
+
+fn omap_get(
+    txn: &redb::ReadTransaction,
+    oid: &str,
+    start_after: &str,
+    prefix: &str,
+    max: usize,
+) -> Result<Vec<(String, Bytes)>> {
+    let meta_t = txn.open_table(META).ctx(|| "opening meta".into())?;
+    let omap_t = txn.open_table(OMAP).ctx(|| "opening omap".into())?;
+    if get_meta(&meta_t, oid)?.is_none() {
+        return Err(missing(oid));
+    }
+    let mut out = Vec::new();
+    if max == 0 {
+        return Ok(out);
+    }
+    let k = oid.as_bytes();
+    let end = successor(k);
+    let empty: &[u8] = &[];
+    // Keys with the prefix form one contiguous run starting at the prefix
+    // itself; start there or after `start_after`, whichever is later, and
+    // stop at the first key without the prefix.
+    let lower = if start_after >= prefix {
+        std::ops::Bound::Excluded((k, start_after.as_bytes()))
+    } else {
+        std::ops::Bound::Included((k, prefix.as_bytes()))
+    };
+    let upper = std::ops::Bound::Excluded((end.as_slice(), empty));
+    let range = omap_t
+        .range((lower, upper))
+        .ctx(|| format!("scanning omap of {oid}"))?;
+    for entry in range {
+        let (key, value) = entry.ctx(|| format!("scanning omap of {oid}"))?;
+        let name = key.value().1;
+        if !name.starts_with(prefix.as_bytes()) {
+            break;
+        }
+        out.push((
+            decode_str(oid, "omap key", name)?,
+            Bytes::copy_from_slice(value.value()),
+        ));
+        if out.len() == max {
+            break;
+        }
+    }
+    Ok(out)
+}
+
+fn list(txn: &redb::ReadTransaction, prefix: &str) -> Result<Vec<String>> {
+    let meta_t = txn.open_table(META).ctx(|| "opening meta".into())?;
+    let p = prefix.as_bytes();
+    let range = meta_t.range(p..).ctx(|| format!("listing {prefix}"))?;
+    let mut out = Vec::new();
+    for entry in range {
+        let (key, _) = entry.ctx(|| format!("listing {prefix}"))?;
+        let name = key.value();
+        if !name.starts_with(p) {
+            break;
+        }
+        out.push(decode_str(
+            &String::from_utf8_lossy(name),
+            "object name",
+            name,
+        )?);
+    }
+    Ok(out)
+}
+
+/// Takes lock `name` on `oid` for `rec`; `Ok(false)`: already held by `rec`.
+/// A lock of any other holder is `Busy`, whether or not its process is
+/// alive: several processes share the store, and the engine's liveness probe
+/// (a notification on the image header) decides when a holder is dead and
+/// may be fenced and broken.
+fn lock_exclusive(txn: &WriteTransaction, oid: &str, name: &str, rec: &LockRecord) -> Result<bool> {
+    let mut locks = txn.open_table(LOCKS).ctx(|| "opening locks".into())?;
+    if let Some(b) = get_pair(&locks, oid, name, "lock")? {
+        let held = LockRecord::decode(oid, &b)?;
+        if held.cookie == rec.cookie && held.client == rec.client {
+            return Ok(false);
+        }
+        return Err(Error::busy(format!(
+            "lock {name} on {oid} is held by {} at {} (cookie {})",
+            held.client, held.address, held.cookie
+        )));
+    }
+    Tables::open(txn)?.apply(oid, &WriteOp::new().action(Action::Create))?;
+    locks
+        .insert(
+            (oid.as_bytes(), name.as_bytes()),
+            rec.encode(oid)?.as_slice(),
+        )
+        .ctx(|| format!("writing lock {name} on {oid}"))?;
+    Ok(true)
+}
+
+impl Backend for LocalBackend {
+    fn kind(&self) -> &'static str {
+        "local"
+    }
+
+    fn read(&self, oid: &str, offset: u64, len: u64) -> BoxFuture<'_, Result<Bytes>> {
+        let call = self.call(Call::Read {
+            oid: oid.to_string(),
+            offset,
+            len,
+        });
+        async move {
+            match call.await? {
+                Answer::Data(b) => Ok(b),
+                a => Err(unexpected("read", a)),
+            }
+        }
+        .boxed()
+    }
+
+    fn stat(&self, oid: &str) -> BoxFuture<'_, Result<ObjectStat>> {
+        let call = self.call(Call::Stat {
+            oid: oid.to_string(),
+        });
+        async move {
+            match call.await? {
+                Answer::Stat(s) => Ok(s),
+                a => Err(unexpected("stat", a)),
+            }
+        }
+        .boxed()
+    }
+
+    fn omap_get(
+        &self,
+        oid: &str,
+        start_after: &str,
+        prefix: &str,
+        max: usize,
+    ) -> BoxFuture<'_, Result<Vec<(String, Bytes)>>> {
+        let call = self.call(Call::OmapGet {
+            oid: oid.to_string(),
+            start_after: start_after.to_string(),
+            prefix: prefix.to_string(),
+            max,
+        });
+        async move {
+            match call.await? {
+                Answer::Omap(kvs) => Ok(kvs),
+                a => Err(unexpected("omap_get", a)),
+            }
+        }
+        .boxed()
+    }
+
+    fn get_xattr(&self, oid: &str, name: &str) -> BoxFuture<'_, Result<Option<Bytes>>> {
+        let call = self.call(Call::GetXattr {
+            oid: oid.to_string(),
+            name: name.to_string(),
+        });
+        async move {
+            match call.await? {
+                Answer::Xattr(v) => Ok(v),
+                a => Err(unexpected("get_xattr", a)),
+            }
+        }
+        .boxed()
+    }
+
+    fn operate(&self, oid: &str, op: WriteOp) -> BoxFuture<'_, Result<()>> {
+        let call = self.call(Call::Operate {
+            oid: oid.to_string(),
+            op,
+        });
+        unit(call, "operate")
+    }
+
+    fn list(&self, prefix: &str) -> BoxFuture<'_, Result<Vec<String>>> {
+        let call = self.call(Call::List {
+            prefix: prefix.to_string(),
+        });
+        async move {
+            match call.await? {
+                Answer::Names(n) => Ok(n),
+                a => Err(unexpected("list", a)),
+            }
+        }
+        .boxed()
+    }
+
+    fn flush(&self) -> BoxFuture<'_, Result<()>> {
+        unit(self.call(Call::Flush), "flush")
+    }
+
+    fn lock_exclusive(
+        &self,
+        oid: &str,
+        name: &str,
+        cookie: &str,
+        description: &str,
+    ) -> BoxFuture<'_, Result<()>> {
+        let call = self.call(Call::Lock {
+            oid: oid.to_string(),
+            name: name.to_string(),
+            cookie: cookie.to_string(),
+            description: description.to_string(),
+        });
+        unit(call, "lock_exclusive")
+    }
+
+    fn unlock(&self, oid: &str, name: &str, cookie: &str) -> BoxFuture<'_, Result<()>> {
+        let call = self.call(Call::Unlock {
+            oid: oid.to_string(),
+            name: name.to_string(),
+            cookie: cookie.to_string(),
+        });
+        unit(call, "unlock")
+    }
+
+    fn lock_owners(&self, oid: &str, name: &str) -> BoxFuture<'_, Result<Vec<LockOwner>>> {
+        let call = self.call(Call::LockOwners {
+            oid: oid.to_string(),
+            name: name.to_string(),
+        });
+        async move {
+            match call.await? {
+                Answer::Owners(o) => Ok(o),
+                a => Err(unexpected("lock_owners", a)),
+            }
+        }
+        .boxed()
+    }
+
+    fn break_lock(&self, oid: &str, name: &str, owner: &LockOwner) -> BoxFuture<'_, Result<()>> {
+        let call = self.call(Call::BreakLock {
+            oid: oid.to_string(),
+            name: name.to_string(),
+            owner: owner.clone(),
+        });
+        unit(call, "break_lock")
+    }
+
+    fn watch(&self, oid: &str) -> BoxFuture<'_, Result<Watch>> {
+        let call = self.call(Call::Watch {
+            oid: oid.to_string(),
+        });
+        async move {
+            match call.await? {
+                Answer::Watch(w) => Ok(w),
+                a => Err(unexpected("watch", a)),
+            }
+        }
+        .boxed()
+    }
+
+    fn unwatch(&self, watch_id: u64) -> BoxFuture<'_, Result<()>> {
+        unit(self.call(Call::Unwatch { id: watch_id }), "unwatch")
+    }
+
+    fn fence(&self, owner: &LockOwner) -> BoxFuture<'_, Result<()>> {
+        let call = self.call(Call::Fence {
+            owner: owner.clone(),
+        });
+        unit(call, "fence")
+    }
+
+    fn notify(
+        &self,
+        oid: &str,
+        payload: Bytes,
+        timeout: Duration,
+    ) -> BoxFuture<'_, Result<Vec<Bytes>>> {
+        let call = self.call(Call::Notify {
+            oid: oid.to_string(),
+            payload,
+            timeout,
+        });
+        async move {
+            match call.await? {
+                Answer::Replies(r) => Ok(r),
+                a => Err(unexpected("notify", a)),
+            }
+        }
+        .boxed()
+    }
+}
+
+fn unit<'a>(call: BoxFuture<'a, Result<Answer>>, what: &'static str) -> BoxFuture<'a, Result<()>> {
+    async move {
+        match call.await? {
+            Answer::Unit => Ok(()),
+            a => Err(unexpected(what, a)),
+        }
+    }
+    .boxed()
 }

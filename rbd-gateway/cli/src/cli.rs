@@ -1,0 +1,488 @@
+//! Command-line grammar: `rbd`'s verbs, flags and spellings.
+
+use crate::spec::SpecFlags;
+use crate::store_select::StoreArgs;
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use std::path::PathBuf;
+
+/// `rbd-row`: manage redirect-on-write RBD images (rbd-compatible verbs).
+#[derive(Debug, Parser)]
+#[command(name = "rbd-row", version, about, propagate_version = true)]
+#[command(
+    after_help = "Example:\n  rbd-row --store /tmp/s create --size 1G rbd/vol1\n  rbd-row -c /etc/ceph/ceph.conf ls -l"
+)]
+pub struct Cli {
+    /// Store selection.
+    #[command(flatten)]
+    pub store: StoreArgs,
+    /// Image selection flags.
+    #[command(flatten)]
+    pub spec: SpecFlags,
+    /// Do not show progress.
+    #[arg(long = "no-progress", global = true)]
+    pub no_progress: bool,
+    /// The verb.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// Output format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, ValueEnum)]
+pub enum Format {
+    /// Human-readable tables.
+    #[default]
+    Plain,
+    /// JSON.
+    Json,
+    /// XML is not supported (accepted for compatibility, refused).
+    Xml,
+}
+
+/// `--format` / `--pretty-format`.
+#[derive(Debug, Clone, Default, Args)]
+pub struct FormatArgs {
+    /// Output format (plain or json).
+    #[arg(long = "format", value_enum, default_value_t = Format::Plain)]
+    pub format: Format,
+    /// Pretty-print JSON.
+    #[arg(long = "pretty-format")]
+    pub pretty: bool,
+}
+
+/// The verbs.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Create an empty image.
+    #[command(after_help = "Example:\n  rbd-row create --size 10G rbd/vol1")]
+    Create {
+        /// Image spec `[pool[/namespace]/]image`.
+        spec: Option<String>,
+        /// Image size (bare number: MiB; suffixes B/K/M/G/T).
+        #[arg(short = 's', long = "size")]
+        size: Option<String>,
+        /// Object size (bare number: bytes; default 4M).
+        #[arg(long = "object-size")]
+        object_size: Option<String>,
+        /// Grain size, the unit of the map and of diffs (default 4K).
+        #[arg(long = "grain-size")]
+        grain_size: Option<String>,
+        /// Object size as a power of two (rbd's `--order`).
+        #[arg(long = "order")]
+        order: Option<u32>,
+    },
+    /// List images.
+    #[command(
+        visible_alias = "list",
+        after_help = "Example:\n  rbd-row ls -l --format json rbd"
+    )]
+    Ls {
+        /// Pool spec `[pool[/namespace]]`.
+        pool_spec: Option<String>,
+        /// Long listing (size, parent, snapshots, lock).
+        #[arg(short = 'l', long = "long")]
+        long: bool,
+        #[command(flatten)]
+        fmt: FormatArgs,
+    },
+    /// Show information about an image.
+    #[command(after_help = "Example:\n  rbd-row info rbd/vol1 --format json")]
+    Info {
+        /// Image spec `[pool[/namespace]/]image[@snap]`.
+        spec: Option<String>,
+        #[command(flatten)]
+        fmt: FormatArgs,
+    },
+    /// Delete an image.
+    #[command(
+        visible_alias = "remove",
+        after_help = "Example:\n  rbd-row rm rbd/vol1"
+    )]
+    Rm {
+        /// Image spec.
+        spec: Option<String>,
+    },
+    /// Resize (expand or shrink) an image.
+    #[command(
+        after_help = "Example:\n  rbd-row resize --size 20G rbd/vol1\n  rbd-row resize --size 1G --allow-shrink rbd/vol1"
+    )]
+    Resize {
+        /// Image spec.
+        spec: Option<String>,
+        /// New size (bare number: MiB).
+        #[arg(short = 's', long = "size")]
+        size: Option<String>,
+        /// Permit shrinking.
+        #[arg(long = "allow-shrink")]
+        allow_shrink: bool,
+    },
+    /// Snapshot management.
+    #[command(subcommand)]
+    Snap(SnapCommand),
+    /// Clone a protected snapshot into a child image.
+    #[command(after_help = "Example:\n  rbd-row clone rbd/base@gold rbd/vm1")]
+    Clone {
+        /// Parent snapshot spec `image@snap`.
+        parent: String,
+        /// Child image spec.
+        child: String,
+    },
+    /// Display the children of an image snapshot.
+    #[command(after_help = "Example:\n  rbd-row children rbd/base@gold")]
+    Children {
+        /// Image or snapshot spec.
+        spec: Option<String>,
+        #[command(flatten)]
+        fmt: FormatArgs,
+    },
+    /// Fill a clone with its parent's data and detach it.
+    #[command(after_help = "Example:\n  rbd-row flatten rbd/vm1")]
+    Flatten {
+        /// Image spec.
+        spec: Option<String>,
+    },
+    /// Print the extents that differ since a snapshot (or image creation).
+    #[command(after_help = "Example:\n  rbd-row diff --from-snap s1 --format json rbd/vol1")]
+    Diff {
+        /// Image or snapshot spec (the end point).
+        spec: Option<String>,
+        /// Start snapshot (or bookmark).
+        #[arg(long = "from-snap")]
+        from_snap: Option<String>,
+        /// Compare whole objects.
+        #[arg(long = "whole-object")]
+        whole_object: bool,
+        #[command(flatten)]
+        fmt: FormatArgs,
+    },
+    /// Show disk usage of images and snapshots.
+    #[command(
+        visible_alias = "disk-usage",
+        after_help = "Example:\n  rbd-row du rbd/vol1"
+    )]
+    Du {
+        /// Image spec, or none for every image of the pool.
+        spec: Option<String>,
+        #[command(flatten)]
+        fmt: FormatArgs,
+    },
+    /// Export an image (or snapshot) to a file or stdout.
+    #[command(
+        after_help = "Example:\n  rbd-row export rbd/vol1@s1 vol1.raw\n  rbd-row export --export-format 2 rbd/vol1 - > vol1.rbd2"
+    )]
+    Export {
+        /// Image or snapshot spec.
+        spec: String,
+        /// Output path or `-`.
+        path: String,
+        /// 1: raw bytes; 2: `rbd image v2` with snapshots.
+        #[arg(long = "export-format", default_value_t = 1)]
+        export_format: u32,
+    },
+    /// Import an image from a file or stdin.
+    #[command(
+        after_help = "Example:\n  rbd-row import vol1.raw rbd/vol1\n  rbd-row import --export-format 2 - rbd/vol1 < vol1.rbd2"
+    )]
+    Import {
+        /// Input path or `-`.
+        path: String,
+        /// Destination image spec.
+        spec: Option<String>,
+        /// 1: raw bytes; 2: `rbd image v2` with snapshots.
+        #[arg(long = "export-format", default_value_t = 1)]
+        export_format: u32,
+        /// Object size of the new image.
+        #[arg(long = "object-size")]
+        object_size: Option<String>,
+        /// Grain size of the new image.
+        #[arg(long = "grain-size")]
+        grain_size: Option<String>,
+    },
+    /// Export the changes between two points as an `rbd diff v1` stream.
+    #[command(
+        after_help = "Example:\n  rbd-row export-diff --from-snap s1 rbd/vol1@s2 s1-s2.diff"
+    )]
+    ExportDiff {
+        /// Image or snapshot spec (the end point).
+        spec: String,
+        /// Output path or `-`.
+        path: String,
+        /// Start snapshot (or bookmark).
+        #[arg(long = "from-snap")]
+        from_snap: Option<String>,
+        /// Compare whole objects.
+        #[arg(long = "whole-object")]
+        whole_object: bool,
+    },
+    /// Apply an `rbd diff` (v1 or v2) stream to an image.
+    #[command(after_help = "Example:\n  rbd-row import-diff s1-s2.diff rbd/vol1")]
+    ImportDiff {
+        /// Input path or `-`.
+        path: String,
+        /// Image spec.
+        spec: Option<String>,
+    },
+    /// Merge two consecutive diffs into one.
+    #[command(after_help = "Example:\n  rbd-row merge-diff a-b.diff b-c.diff a-c.diff")]
+    MergeDiff {
+        /// First diff (`-` for stdin).
+        first: String,
+        /// Second diff.
+        second: String,
+        /// Output path or `-`.
+        path: String,
+    },
+    /// Image metadata.
+    #[command(subcommand, name = "image-meta")]
+    ImageMeta(MetaCommand),
+    /// Image locks.
+    #[command(subcommand)]
+    Lock(LockCommand),
+    /// Show the status (owner) of an image.
+    #[command(after_help = "Example:\n  rbd-row status rbd/vol1")]
+    Status {
+        /// Image spec.
+        spec: Option<String>,
+        #[command(flatten)]
+        fmt: FormatArgs,
+    },
+    /// Simple in-process benchmark.
+    #[command(
+        after_help = "Example:\n  rbd-row bench --io-type write --io-size 4K --io-threads 16 --io-total 1G --io-pattern rand rbd/vol1"
+    )]
+    Bench {
+        /// Image spec.
+        spec: Option<String>,
+        /// read, write or readwrite.
+        #[arg(long = "io-type")]
+        io_type: Option<IoType>,
+        /// I/O size (default 4K).
+        #[arg(long = "io-size", default_value = "4K")]
+        io_size: String,
+        /// Concurrent I/Os (default 16).
+        #[arg(long = "io-threads", default_value_t = 16)]
+        io_threads: usize,
+        /// Total bytes (default 1G).
+        #[arg(long = "io-total", default_value = "1G")]
+        io_total: String,
+        /// seq or rand.
+        #[arg(long = "io-pattern", value_enum, default_value_t = IoPattern::Seq)]
+        io_pattern: IoPattern,
+        /// Read percentage for readwrite (default 50).
+        #[arg(long = "rw-mix-read", default_value_t = 50)]
+        rw_mix_read: u32,
+    },
+    /// Bookmarks: diff bases that outlive their snapshot.
+    #[command(subcommand)]
+    Bookmark(BookmarkCommand),
+}
+
+/// `bench --io-type`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum IoType {
+    /// Reads only.
+    Read,
+    /// Writes only.
+    Write,
+    /// Mixed.
+    Readwrite,
+    /// Mixed (rbd spelling).
+    Rw,
+}
+
+/// `bench --io-pattern`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum IoPattern {
+    /// Sequential.
+    Seq,
+    /// Random.
+    Rand,
+}
+
+/// `snap` verbs.
+#[derive(Debug, Subcommand)]
+pub enum SnapCommand {
+    /// Create a snapshot.
+    #[command(
+        visible_alias = "add",
+        after_help = "Example:\n  rbd-row snap create rbd/vol1@s1"
+    )]
+    Create {
+        /// Snapshot spec.
+        spec: Option<String>,
+    },
+    /// List snapshots.
+    #[command(
+        visible_alias = "list",
+        after_help = "Example:\n  rbd-row snap ls rbd/vol1 --format json"
+    )]
+    Ls {
+        /// Image spec.
+        spec: Option<String>,
+        #[command(flatten)]
+        fmt: FormatArgs,
+    },
+    /// Remove a snapshot.
+    #[command(
+        visible_alias = "remove",
+        after_help = "Example:\n  rbd-row snap rm rbd/vol1@s1"
+    )]
+    Rm {
+        /// Snapshot spec.
+        spec: Option<String>,
+    },
+    /// Rename a snapshot.
+    #[command(after_help = "Example:\n  rbd-row snap rename rbd/vol1@s1 rbd/vol1@s2")]
+    Rename {
+        /// Source snapshot spec.
+        src: String,
+        /// Destination snapshot spec (or name).
+        dest: String,
+    },
+    /// Roll the image back to a snapshot.
+    #[command(
+        visible_alias = "revert",
+        after_help = "Example:\n  rbd-row snap rollback rbd/vol1@s1"
+    )]
+    Rollback {
+        /// Snapshot spec.
+        spec: Option<String>,
+        /// Roll back even though another client (e.g. a gateway serving the
+        /// image) has it open: the data changes under that client.
+        #[arg(long)]
+        force: bool,
+    },
+    /// Protect a snapshot from removal (required before cloning).
+    #[command(after_help = "Example:\n  rbd-row snap protect rbd/vol1@s1")]
+    Protect {
+        /// Snapshot spec.
+        spec: Option<String>,
+    },
+    /// Allow a snapshot to be removed.
+    #[command(after_help = "Example:\n  rbd-row snap unprotect rbd/vol1@s1")]
+    Unprotect {
+        /// Snapshot spec.
+        spec: Option<String>,
+    },
+    /// Remove every unprotected snapshot.
+    #[command(after_help = "Example:\n  rbd-row snap purge rbd/vol1")]
+    Purge {
+        /// Image spec.
+        spec: Option<String>,
+    },
+}
+
+/// `image-meta` verbs.
+#[derive(Debug, Subcommand)]
+pub enum MetaCommand {
+    /// Get a value.
+    #[command(after_help = "Example:\n  rbd-row image-meta get rbd/vol1 owner")]
+    Get {
+        /// Image spec.
+        spec: String,
+        /// Key.
+        key: String,
+    },
+    /// Set a value.
+    #[command(after_help = "Example:\n  rbd-row image-meta set rbd/vol1 owner alice")]
+    Set {
+        /// Image spec.
+        spec: String,
+        /// Key.
+        key: String,
+        /// Value.
+        value: String,
+    },
+    /// List keys and values.
+    #[command(
+        visible_alias = "ls",
+        after_help = "Example:\n  rbd-row image-meta list rbd/vol1"
+    )]
+    List {
+        /// Image spec.
+        spec: Option<String>,
+        #[command(flatten)]
+        fmt: FormatArgs,
+    },
+    /// Remove a key.
+    #[command(
+        visible_alias = "rm",
+        after_help = "Example:\n  rbd-row image-meta remove rbd/vol1 owner"
+    )]
+    Remove {
+        /// Image spec.
+        spec: String,
+        /// Key.
+        key: String,
+    },
+}
+
+/// `lock` verbs.
+#[derive(Debug, Subcommand)]
+pub enum LockCommand {
+    /// Show the lock held on an image (its owner).
+    #[command(
+        visible_alias = "list",
+        after_help = "Example:\n  rbd-row lock ls rbd/vol1"
+    )]
+    Ls {
+        /// Image spec.
+        spec: Option<String>,
+        #[command(flatten)]
+        fmt: FormatArgs,
+    },
+}
+
+/// `bookmark` verbs.
+#[derive(Debug, Subcommand)]
+pub enum BookmarkCommand {
+    /// Keep the diff base of snapshot IMAGE@SNAP as bookmark NAME.
+    #[command(after_help = "Example:\n  rbd-row bookmark create rbd/vol1@s1 b1")]
+    Create {
+        /// Snapshot spec.
+        spec: String,
+        /// Bookmark name.
+        name: String,
+    },
+    /// List bookmarks.
+    #[command(
+        visible_alias = "list",
+        after_help = "Example:\n  rbd-row bookmark ls rbd/vol1"
+    )]
+    Ls {
+        /// Image spec.
+        spec: Option<String>,
+        #[command(flatten)]
+        fmt: FormatArgs,
+    },
+    /// Remove a bookmark.
+    #[command(
+        visible_alias = "remove",
+        after_help = "Example:\n  rbd-row bookmark rm rbd/vol1 b1"
+    )]
+    Rm {
+        /// Image spec.
+        spec: String,
+        /// Bookmark name.
+        name: String,
+    },
+}
+
+/// Where a path argument points.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PathArg {
+    /// stdin / stdout.
+    Std,
+    /// A file.
+    File(PathBuf),
+}
+
+impl PathArg {
+    /// `-` is stdin/stdout.
+    pub fn parse(s: &str) -> Self {
+        if s == "-" {
+            PathArg::Std
+        } else {
+            PathArg::File(PathBuf::from(s))
+        }
+    }
+}
