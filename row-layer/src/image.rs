@@ -676,8 +676,25 @@ impl Image {
                     }
                 }
             }
+            let failed = result.is_err();
             for (_, _, tx) in batch {
                 let _ = tx.send(result.clone());
+            }
+            if failed {
+                // Whatever made this batch fail (a timeout, lost ownership)
+                // would fail the next one too: answer everything queued
+                // behind it now instead of stacking up another timeout.
+                let queued = {
+                    let mut b = self
+                        .inner
+                        .touch_batch
+                        .lock()
+                        .unwrap_or_else(|p| p.into_inner());
+                    std::mem::take(&mut b.queue)
+                };
+                for (_, _, tx) in queued {
+                    let _ = tx.send(result.clone());
+                }
             }
         }
     }
