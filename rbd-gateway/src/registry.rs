@@ -412,11 +412,7 @@ impl ImageRegistry {
 
 /// A store-selection error of the CLI library as an engine error.
 fn cli_error(e: rbd_row_cli::CliError) -> row_layer::Error {
-    let kind = match e.errno {
-        2 => row_layer::ErrorKind::NotFound,
-        22 => row_layer::ErrorKind::InvalidInput,
-        _ => row_layer::ErrorKind::Io,
-    };
+    let kind = row_layer::ErrorKind::from_errno(e.errno);
     let msg = match &e.detail {
         Some(d) => format!("{}: {d}", e.message),
         None => e.message.clone(),

@@ -53,6 +53,27 @@ impl ErrorKind {
         }
     }
 
+    /// The kind whose [`ErrorKind::errno`] is `errno` (`Io` if none is).
+    pub fn from_errno(errno: i32) -> Self {
+        use ErrorKind::*;
+        [
+            NotFound,
+            AlreadyExists,
+            PreconditionFailed,
+            InvalidInput,
+            ReadOnly,
+            Busy,
+            Corrupt,
+            Transient,
+            Io,
+            Fenced,
+            Unsupported,
+        ]
+        .into_iter()
+        .find(|k| k.errno() == errno)
+        .unwrap_or(Io)
+    }
+
     /// Whether the same request may succeed if simply tried again.
     pub fn is_retryable(self) -> bool {
         matches!(self, ErrorKind::Transient)

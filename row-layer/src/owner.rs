@@ -74,26 +74,6 @@ enum OwnerReply {
     Failed { errno: i32, message: String },
 }
 
-fn kind_from_errno(errno: i32) -> ErrorKind {
-    use ErrorKind::*;
-    [
-        NotFound,
-        AlreadyExists,
-        PreconditionFailed,
-        InvalidInput,
-        ReadOnly,
-        Busy,
-        Corrupt,
-        Transient,
-        Io,
-        Fenced,
-        Unsupported,
-    ]
-    .into_iter()
-    .find(|k| k.errno() == errno)
-    .unwrap_or(Io)
-}
-
 impl Image {
     /// Carries out `req` on this (owned) handle. `remote` marks requests
     /// coming from another client.
@@ -227,7 +207,7 @@ impl Store {
                 match r {
                     OwnerReply::Done => return Ok(()),
                     OwnerReply::Failed { errno, message } => {
-                        return Err(Error::new(kind_from_errno(errno), message))
+                        return Err(Error::new(ErrorKind::from_errno(errno), message))
                     }
                     OwnerReply::Pong { .. } => {}
                 }

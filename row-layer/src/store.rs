@@ -487,40 +487,8 @@ impl Store {
             )
             .await
             .map_err(|e| e.context(format!("opening image {name}")))?;
-        let header = read_header(&*self.backend, id).await?;
-        if header.removing {
-            return Err(Error::not_found(format!("image {name} is being removed")));
-        }
-        let geo = Geometry::new(header.object_size, header.grain_size)?;
-        let deltas = self.load_deltas(&header, None).await?;
-        let head_delta = Arc::new(recover_open_epoch(&*self.backend, &header, &geo).await?);
-        let mut chain = Chain::default();
-        let parent_links =
-            parent_links(&*self.backend, header.parent.clone(), &geo, &mut chain).await?;
-        let chain = build_chain(
-            &header,
-            &deltas,
-            Some(head_delta),
-            header.head,
-            &parent_links,
-            chain,
-        )?;
-        let size = header.size;
-        let image = self.assemble(
-            id.clone(),
-            geo,
-            View::Head,
-            Some(cookie.to_string()),
-            State {
-                header,
-                deltas,
-                chain,
-                parent_links,
-                touched: HashMap::new(),
-                cache: HashMap::new(),
-                size,
-            },
-        );
+        let (geo, state) = self.load_head(name, id).await?;
+        let image = self.assemble(id.clone(), geo, View::Head, Some(cookie.to_string()), state);
         // Objects already registered in the open epoch need no new touch key.
         {
             let mut st = image.state();
@@ -546,7 +514,14 @@ impl Store {
     /// the map as of now (it does not follow later writes or snapshots).
     pub async fn open_head_read_only(&self, name: &str) -> Result<Image> {
         let id = self.image_id(name).await?;
-        let header = read_header(&*self.backend, &id).await?;
+        let (geo, state) = self.load_head(name, &id).await?;
+        Ok(self.assemble(id, geo, View::HeadReadOnly, None, state))
+    }
+
+    /// Reads what a head view needs: header, sealed records, the open
+    /// epoch's delta (recovered from its grain omaps) and the lineage.
+    async fn load_head(&self, name: &str, id: &ImageId) -> Result<(Geometry, State)> {
+        let header = read_header(&*self.backend, id).await?;
         if header.removing {
             return Err(Error::not_found(format!("image {name} is being removed")));
         }
@@ -565,11 +540,8 @@ impl Store {
             chain,
         )?;
         let size = header.size;
-        Ok(self.assemble(
-            id,
+        Ok((
             geo,
-            View::HeadReadOnly,
-            None,
             State {
                 header,
                 deltas,
