@@ -53,3 +53,7 @@ RBD_ROW_CEPH_DIR="$OSD3_CEPH_DIR" tests/ceph/cluster.sh stop >/dev/null
 
 cargo clippy --workspace --all-targets -- -D warnings
 cargo fmt --all -- --check
+
+# One plain closing line over every cargo test run above (tests ignored in
+# the first run are the cluster tests, which the later runs execute).
+awk '/^test result:/ { p += $4; f += $6 } END { printf "run-all: %d passed, %d failed\n", p, f }' /tmp/rbd-row-tests.log
