@@ -94,6 +94,52 @@ pub async fn fill(img: &Image, chunk: u64, depth: usize) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Runs the native `rbd` tool, returning its stdout (an error with its
+/// stderr when it fails).
+pub fn rbd(args: &[&str]) -> anyhow::Result<String> {
+    let out = std::process::Command::new("rbd")
+        .args(args)
+        .output()
+        .map_err(|e| anyhow::anyhow!("running rbd: {e}"))?;
+    if !out.status.success() {
+        anyhow::bail!(
+            "rbd {}: {}",
+            args.join(" "),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+/// Native `rbd bench` of `ops` random 4 KiB writes with `depth` in flight
+/// (`cache`: librbd's writeback cache), returning its ops/sec.
+pub fn native_random_writes(
+    spec: &str,
+    ops: u64,
+    depth: usize,
+    cache: bool,
+) -> anyhow::Result<f64> {
+    let total = (ops * 4096).to_string();
+    let threads = depth.to_string();
+    let cache = format!("--rbd_cache={cache}");
+    let out = rbd(&[
+        "bench",
+        &cache,
+        "--io-type",
+        "write",
+        "--io-size",
+        "4K",
+        "--io-threads",
+        &threads,
+        "--io-total",
+        &total,
+        "--io-pattern",
+        "rand",
+        spec,
+    ])?;
+    parse_rbd_bench(&out).ok_or_else(|| anyhow::anyhow!("cannot parse rbd bench output"))
+}
+
 /// Parses the summary line of `rbd bench`
 /// (`elapsed: 10   ops: 2000  ops/sec: 199.9  bytes/sec: 818768.2`).
 pub fn parse_rbd_bench(output: &str) -> Option<f64> {

@@ -9,11 +9,11 @@
 //! cargo run --release -p rbd-row-bench --bin rolling-backups -- --rounds 30
 //! ```
 
-use anyhow::{bail, Context};
+use anyhow::Context;
 use clap::Parser;
+use rbd_row_bench::rbd;
 use row_layer::{CreateOptions, Store};
 use row_rados::{ClusterConfig, RadosCluster};
-use std::process::Command;
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -36,21 +36,6 @@ struct Args {
     /// Writes in flight.
     #[arg(long, default_value_t = 16)]
     depth: usize,
-}
-
-fn rbd(args: &[&str]) -> anyhow::Result<String> {
-    let out = Command::new("rbd")
-        .args(args)
-        .output()
-        .context("running rbd")?;
-    if !out.status.success() {
-        bail!(
-            "rbd {}: {}",
-            args.join(" "),
-            String::from_utf8_lossy(&out.stderr)
-        );
-    }
-    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
 }
 
 #[tokio::main]
@@ -96,24 +81,7 @@ async fn main() -> anyhow::Result<()> {
     for n in 0..a.rounds {
         rbd(&["snap", "create", &format!("{native}@s{n}")])?;
         img.snap_create(&format!("s{n}")).await?;
-        let total = (a.writes * 4096).to_string();
-        let threads = a.depth.to_string();
-        let out = rbd(&[
-            "bench",
-            "--rbd_cache=false",
-            "--io-type",
-            "write",
-            "--io-size",
-            "4K",
-            "--io-threads",
-            &threads,
-            "--io-total",
-            &total,
-            "--io-pattern",
-            "rand",
-            &native,
-        ])?;
-        let ni = rbd_row_bench::parse_rbd_bench(&out).context("rbd bench output")?;
+        let ni = rbd_row_bench::native_random_writes(&native, a.writes, a.depth, false)?;
         let ri = rbd_row_bench::random_writes(&img, 4096, a.writes, a.depth, u64::from(n))
             .await?
             .iops();

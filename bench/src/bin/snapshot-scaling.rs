@@ -10,11 +10,11 @@
 //! ```
 //! Prints one row per snapshot count with both IOPS and the ratio.
 
-use anyhow::{bail, Context};
+use anyhow::Context;
 use clap::Parser;
+use rbd_row_bench::rbd;
 use row_layer::{CreateOptions, Store};
 use row_rados::{ClusterConfig, RadosCluster};
-use std::process::Command;
 use std::sync::Arc;
 
 #[derive(Parser)]
@@ -55,43 +55,6 @@ fn parse_size(s: &str) -> anyhow::Result<u64> {
         _ => (s, 1),
     };
     Ok(num.parse::<u64>().context("size")? * mult)
-}
-
-fn rbd(args: &[&str]) -> anyhow::Result<String> {
-    let out = Command::new("rbd")
-        .args(args)
-        .output()
-        .context("running rbd")?;
-    if !out.status.success() {
-        bail!(
-            "rbd {}: {}",
-            args.join(" "),
-            String::from_utf8_lossy(&out.stderr)
-        );
-    }
-    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
-}
-
-fn native_bench(spec: &str, ops: u64, depth: usize, cache: bool) -> anyhow::Result<f64> {
-    let total = (ops * 4096).to_string();
-    let threads = depth.to_string();
-    let cache = format!("--rbd_cache={cache}");
-    let out = rbd(&[
-        "bench",
-        &cache,
-        "--io-type",
-        "write",
-        "--io-size",
-        "4K",
-        "--io-threads",
-        &threads,
-        "--io-total",
-        &total,
-        "--io-pattern",
-        "rand",
-        spec,
-    ])?;
-    rbd_row_bench::parse_rbd_bench(&out).context("parsing rbd bench output")
 }
 
 #[tokio::main]
@@ -145,52 +108,37 @@ async fn main() -> anyhow::Result<()> {
         while taken < target {
             rbd(&["snap", "create", &format!("{native}@s{taken}")])?;
             img.snap_create(&format!("s{taken}")).await?;
-            native_bench(&native, args.churn, args.depth, args.native_cache)?;
+            rbd_row_bench::native_random_writes(
+                &native,
+                args.churn,
+                args.depth,
+                args.native_cache,
+            )?;
             rbd_row_bench::random_writes(&img, 4096, args.churn, args.depth, u64::from(taken))
                 .await?;
             rbd_row_bench::random_writes(&ctl, 4096, args.churn, args.depth, u64::from(taken))
                 .await?;
             taken += 1;
         }
-        // Interleave the two measurements so machine noise hits both.
-        let n1 = native_bench(&native, args.ops, args.depth, args.native_cache)?;
-        let r1 = rbd_row_bench::random_writes(
-            &img,
-            4096,
-            args.ops,
-            args.depth,
-            1000 + u64::from(target),
-        )
-        .await?
-        .iops();
-        let n2 = native_bench(&native, args.ops, args.depth, args.native_cache)?;
-        let r2 = rbd_row_bench::random_writes(
-            &img,
-            4096,
-            args.ops,
-            args.depth,
-            2000 + u64::from(target),
-        )
-        .await?
-        .iops();
-        let c = rbd_row_bench::random_writes(
-            &ctl,
-            4096,
-            args.ops,
-            args.depth,
-            1000 + u64::from(target),
-        )
-        .await?
-        .iops();
-        let _ = rbd_row_bench::random_writes(
-            &ctl,
-            4096,
-            args.ops,
-            args.depth,
-            2000 + u64::from(target),
-        )
-        .await?;
-        let (n, r) = ((n1 + n2) / 2.0, (r1 + r2) / 2.0);
+        // Interleave the measurements so machine noise hits all of them.
+        let (mut n, mut r, mut c) = (0.0, 0.0, 0.0);
+        for round in 0..2u64 {
+            let seed = 1000 * (round + 1) + u64::from(target);
+            n += rbd_row_bench::native_random_writes(
+                &native,
+                args.ops,
+                args.depth,
+                args.native_cache,
+            )? / 2.0;
+            r += rbd_row_bench::random_writes(&img, 4096, args.ops, args.depth, seed)
+                .await?
+                .iops()
+                / 2.0;
+            c += rbd_row_bench::random_writes(&ctl, 4096, args.ops, args.depth, seed)
+                .await?
+                .iops()
+                / 2.0;
+        }
         println!(
             "{target:>9}  {n:>11.0}  {r:>12.0}  {:>21.2}  {c:>20.0}",
             r / n
