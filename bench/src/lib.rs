@@ -140,6 +140,28 @@ pub fn native_random_writes(
     parse_rbd_bench(&out).ok_or_else(|| anyhow::anyhow!("cannot parse rbd bench output"))
 }
 
+/// Fills native image `spec` of `size` bytes sequentially (4 MiB writes,
+/// 16 in flight, no cache), as [`fill`] does for an rbd-row image.
+pub fn native_fill(spec: &str, size: u64) -> anyhow::Result<()> {
+    let total = size.to_string();
+    rbd(&[
+        "bench",
+        "--rbd_cache=false",
+        "--io-type",
+        "write",
+        "--io-size",
+        "4M",
+        "--io-threads",
+        "16",
+        "--io-total",
+        &total,
+        "--io-pattern",
+        "seq",
+        spec,
+    ])
+    .map(|_| ())
+}
+
 /// Parses the summary line of `rbd bench`
 /// (`elapsed: 10   ops: 2000  ops/sec: 199.9  bytes/sec: 818768.2`).
 pub fn parse_rbd_bench(output: &str) -> Option<f64> {

@@ -57,21 +57,7 @@ async fn main() -> anyhow::Result<()> {
     rbd(&["create", "--size", &a.size_mib.to_string(), &native])?;
     eprintln!("filling both images ({} MiB each)...", a.size_mib);
     rbd_row_bench::fill(&img, 4 << 20, 16).await?;
-    rbd(&[
-        "bench",
-        "--rbd_cache=false",
-        "--io-type",
-        "write",
-        "--io-size",
-        "4M",
-        "--io-threads",
-        "16",
-        "--io-total",
-        &size.to_string(),
-        "--io-pattern",
-        "seq",
-        &native,
-    ])?;
+    rbd_row_bench::native_fill(&native, size)?;
     println!(
         "# rolling backups: {} MiB, {} writes/round, keep {}, depth {}, native rbd_cache=false",
         a.size_mib, a.writes, a.keep, a.depth

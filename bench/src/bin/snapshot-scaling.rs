@@ -81,20 +81,7 @@ async fn main() -> anyhow::Result<()> {
         eprintln!("filling both images ({} MiB each)...", size >> 20);
         rbd_row_bench::fill(&img, 4 << 20, 16).await?;
         rbd_row_bench::fill(&ctl, 4 << 20, 16).await?;
-        rbd(&[
-            "bench",
-            "--io-type",
-            "write",
-            "--io-size",
-            "4M",
-            "--io-threads",
-            "16",
-            "--io-total",
-            &size.to_string(),
-            "--io-pattern",
-            "seq",
-            &native,
-        ])?;
+        rbd_row_bench::native_fill(&native, size)?;
     }
     println!(
         "# 4 KiB random writes, {} in flight, {} MiB image; native rbd_cache={}",
