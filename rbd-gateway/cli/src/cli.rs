@@ -60,15 +60,8 @@ pub enum Command {
         /// Image size (bare number: MiB; suffixes B/K/M/G/T).
         #[arg(short = 's', long = "size")]
         size: Option<String>,
-        /// Object size (bare number: bytes; default 4M).
-        #[arg(long = "object-size")]
-        object_size: Option<String>,
-        /// Grain size, the unit of the map and of diffs (default 4K).
-        #[arg(long = "grain-size")]
-        grain_size: Option<String>,
-        /// Object size as a power of two (rbd's `--order`).
-        #[arg(long = "order")]
-        order: Option<u32>,
+        #[command(flatten)]
+        opts: ImageCreateArgs,
     },
     /// List images.
     #[command(
@@ -177,6 +170,12 @@ pub enum Command {
         /// 1: raw bytes; 2: `rbd image v2` with snapshots.
         #[arg(long = "export-format", default_value_t = 1)]
         export_format: u32,
+        /// Raw export to a file: all-zero blocks of this size (B/K/M,
+        /// default 4K) become holes; 0 writes every byte. An rbd-row
+        /// extension (rbd's export has no such flag); stdout always gets
+        /// every byte.
+        #[arg(long = "sparse-size")]
+        sparse_size: Option<String>,
     },
     /// Import an image from a file or stdin.
     #[command(
@@ -190,12 +189,12 @@ pub enum Command {
         /// 1: raw bytes; 2: `rbd image v2` with snapshots.
         #[arg(long = "export-format", default_value_t = 1)]
         export_format: u32,
-        /// Object size of the new image.
-        #[arg(long = "object-size")]
-        object_size: Option<String>,
-        /// Grain size of the new image.
-        #[arg(long = "grain-size")]
-        grain_size: Option<String>,
+        #[command(flatten)]
+        opts: ImageCreateArgs,
+        /// Zero runs of this size (B/K/M, default 4K) are not written;
+        /// 0 writes every byte.
+        #[arg(long = "sparse-size")]
+        sparse_size: Option<String>,
     },
     /// Export the changes between two points as an `rbd diff v1` stream.
     #[command(
@@ -255,25 +254,84 @@ pub enum Command {
         /// read, write or readwrite.
         #[arg(long = "io-type")]
         io_type: Option<IoType>,
-        /// I/O size (default 4K).
-        #[arg(long = "io-size", default_value = "4K")]
-        io_size: String,
-        /// Concurrent I/Os (default 16).
-        #[arg(long = "io-threads", default_value_t = 16)]
-        io_threads: usize,
-        /// Total bytes (default 1G).
-        #[arg(long = "io-total", default_value = "1G")]
-        io_total: String,
-        /// seq or rand.
-        #[arg(long = "io-pattern", value_enum, default_value_t = IoPattern::Seq)]
-        io_pattern: IoPattern,
-        /// Read percentage for readwrite (default 50).
-        #[arg(long = "rw-mix-read", default_value_t = 50)]
-        rw_mix_read: u32,
+        #[command(flatten)]
+        io: BenchIoArgs,
+    },
+    /// Simple write benchmark (deprecated in rbd: `bench --io-type write`).
+    #[command(
+        name = "bench-write",
+        after_help = "Example:\n  rbd-row bench-write --io-size 4K --io-threads 16 --io-total 1G --io-pattern rand rbd/vol1"
+    )]
+    BenchWrite {
+        /// Image spec.
+        spec: Option<String>,
+        #[command(flatten)]
+        io: BenchIoArgs,
     },
     /// Bookmarks: diff bases that outlive their snapshot.
     #[command(subcommand)]
     Bookmark(BookmarkCommand),
+}
+
+/// rbd's image creation options (`create`, `import`). rbd-row images are
+/// always format 2 with plain striping and every feature rbd-row offers;
+/// values that ask for something else are refused (see `create_opts`).
+#[derive(Debug, Clone, Default, Args)]
+pub struct ImageCreateArgs {
+    /// Image format: 2 (1 is refused).
+    #[arg(long = "image-format")]
+    pub image_format: Option<String>,
+    /// Use image format 2 (deprecated in rbd).
+    #[arg(long = "new-format")]
+    pub new_format: bool,
+    /// Object order, 12..=25 (deprecated in rbd: use --object-size).
+    #[arg(long = "order")]
+    pub order: Option<String>,
+    /// Object size in B/K/M (bare number: bytes; rounded to a power of two
+    /// as rbd does; rbd-row: 64K..32M, default 4M).
+    #[arg(long = "object-size")]
+    pub object_size: Option<String>,
+    /// Image features, repeatable or comma-separated: layering,
+    /// exclusive-lock, object-map, fast-diff and deep-flatten are always
+    /// provided; journaling, striping, data-pool and operations are refused.
+    #[arg(long = "image-feature")]
+    pub image_feature: Vec<String>,
+    /// Shared image (refused: an rbd-row image has one exclusive owner).
+    #[arg(long = "image-shared")]
+    pub image_shared: bool,
+    /// Stripe unit in B/K/M: only plain striping (stripe unit = object
+    /// size, or stripe count 1).
+    #[arg(long = "stripe-unit")]
+    pub stripe_unit: Option<String>,
+    /// Stripe count (see --stripe-unit).
+    #[arg(long = "stripe-count")]
+    pub stripe_count: Option<String>,
+    /// Data pool (refused: data stays in the image's pool).
+    #[arg(long = "data-pool")]
+    pub data_pool: Option<String>,
+    /// Grain size, the unit of the map and of diffs (default 4K; rbd-row).
+    #[arg(long = "grain-size")]
+    pub grain_size: Option<String>,
+}
+
+/// `bench` / `bench-write` I/O options.
+#[derive(Debug, Clone, Args)]
+pub struct BenchIoArgs {
+    /// I/O size (default 4K).
+    #[arg(long = "io-size", default_value = "4K")]
+    pub io_size: String,
+    /// Concurrent I/Os (default 16).
+    #[arg(long = "io-threads", default_value_t = 16)]
+    pub io_threads: usize,
+    /// Total bytes (default 1G).
+    #[arg(long = "io-total", default_value = "1G")]
+    pub io_total: String,
+    /// seq or rand.
+    #[arg(long = "io-pattern", value_enum, default_value_t = IoPattern::Seq)]
+    pub io_pattern: IoPattern,
+    /// Read percentage for readwrite (default 50).
+    #[arg(long = "rw-mix-read", default_value_t = 50)]
+    pub rw_mix_read: u32,
 }
 
 /// `bench --io-type`.

@@ -1,9 +1,10 @@
 //! The verbs, over [`row_layer`] and [`rbd_streams`].
 
 use crate::cli::{
-    BookmarkCommand, Cli, Command, Format, FormatArgs, IoPattern, LockCommand, MetaCommand,
-    PathArg, SnapCommand,
+    BenchIoArgs, BookmarkCommand, Cli, Command, Format, FormatArgs, IoPattern, IoType, LockCommand,
+    MetaCommand, PathArg, SnapCommand,
 };
+use crate::create_opts::CreateOpts;
 use crate::error::{CliError, CliResult};
 use crate::size::{format_bytes, parse_size, MIB};
 use crate::spec::{self, ImageSpec, SnapMode, SpecFlags};
@@ -204,32 +205,25 @@ async fn execute(ctx: &Ctx, cmd: Command, out: &mut dyn Write) -> CliResult<()> 
         Command::Create {
             spec,
             size,
-            object_size,
-            grain_size,
-            order,
+            opts: a,
         } => {
+            const C: &str = "rbd-row: create error";
+            let co = CreateOpts::parse(&a, C)?;
             let spec = ctx.spec(spec.as_deref(), SnapMode::None)?;
             let size = size_arg(&size, "--size")?;
             let mut opts = CreateOptions::with_size(size);
-            if let Some(o) = order {
-                if !(12..=25).contains(&o) {
-                    return Err(CliError::usage(
-                        "rbd-row: order must be in the range [12, 25]",
-                    ));
-                }
-                opts.object_size = 1 << o;
+            if let Some(o) = co.object_size {
+                opts.object_size = o;
             }
-            if let Some(o) = object_size {
-                opts.object_size = parse_size(&o, 1)?;
+            if let Some(g) = co.grain_size {
+                opts.grain_size = g;
             }
-            if let Some(g) = grain_size {
-                opts.grain_size = parse_size(&g, 1)?;
-            }
+            co.check_striping(opts.object_size, C)?;
             let store = ctx.store(&spec, true).await?;
             store
                 .create(&spec.image, opts)
                 .await
-                .map_err(|e| CliError::row("rbd-row: create error", &e))?;
+                .map_err(|e| CliError::row(C, &e))?;
             Ok(())
         }
         Command::Ls {
@@ -346,9 +340,16 @@ async fn execute(ctx: &Ctx, cmd: Command, out: &mut dyn Write) -> CliResult<()> 
             let js = check_format(&fmt)?;
             let spec = ctx.spec(spec.as_deref(), SnapMode::Permitted)?;
             let (_, img) = ctx.open_view(&spec).await?;
-            let r = img
-                .diff(from_snap.as_deref())
-                .map_err(|e| CliError::row("rbd-row: diff error", &e));
+            let r = streams::check_from_not_newer(
+                &img,
+                spec.snap.as_deref(),
+                from_snap.as_deref(),
+                "rbd-row: diff error",
+            )
+            .and_then(|()| {
+                img.diff(from_snap.as_deref())
+                    .map_err(|e| CliError::row("rbd-row: diff error", &e))
+            });
             let r = finish(img.clone(), r).await?;
             let ext = if whole_object {
                 streams::whole_object(&r, img.info().object_size, img.size())
@@ -390,17 +391,29 @@ async fn execute(ctx: &Ctx, cmd: Command, out: &mut dyn Write) -> CliResult<()> 
             spec,
             path,
             export_format,
+            sparse_size,
         } => {
+            let sparse = sparse_arg(&sparse_size)?;
             let spec = ctx.spec(Some(&spec), SnapMode::Permitted)?;
-            streams::export(ctx, &spec, PathArg::parse(&path), export_format, out).await
+            streams::export(
+                ctx,
+                &spec,
+                PathArg::parse(&path),
+                export_format,
+                sparse,
+                out,
+            )
+            .await
         }
         Command::Import {
             path,
             spec,
             export_format,
-            object_size,
-            grain_size,
+            opts,
+            sparse_size,
         } => {
+            let co = CreateOpts::parse(&opts, "rbd-row: import failed")?;
+            let sparse = sparse_arg(&sparse_size)?;
             let spec = match spec {
                 Some(s) => ctx.spec(Some(&s), SnapMode::None)?,
                 None if ctx.flags.image.is_some() => ctx.spec(None, SnapMode::None)?,
@@ -417,9 +430,15 @@ async fn execute(ctx: &Ctx, cmd: Command, out: &mut dyn Write) -> CliResult<()> 
                     ctx.spec(Some(&base), SnapMode::None)?
                 }
             };
-            let os = object_size.map(|s| parse_size(&s, 1)).transpose()?;
-            let gs = grain_size.map(|s| parse_size(&s, 1)).transpose()?;
-            streams::import(ctx, &spec, PathArg::parse(&path), export_format, os, gs).await
+            streams::import(
+                ctx,
+                &spec,
+                PathArg::parse(&path),
+                export_format,
+                &co,
+                sparse,
+            )
+            .await
         }
         Command::ExportDiff {
             spec,
@@ -510,40 +529,55 @@ async fn execute(ctx: &Ctx, cmd: Command, out: &mut dyn Write) -> CliResult<()> 
             }
             text(out, &s)
         }
-        Command::Bench {
-            spec,
-            io_type,
-            io_size,
-            io_threads,
-            io_total,
-            io_pattern,
-            rw_mix_read,
-        } => {
+        Command::Bench { spec, io_type, io } => {
             let spec = ctx.spec(spec.as_deref(), SnapMode::None)?;
             let io_type =
                 io_type.ok_or_else(|| CliError::usage("rbd-row: --io-type must be specified"))?;
-            let io_size = parse_size(&io_size, 1)?;
-            let io_total = parse_size(&io_total, 1)?;
-            if io_size == 0 || io_threads == 0 || rw_mix_read > 100 {
-                return Err(CliError::usage("rbd-row: invalid bench parameters"));
-            }
-            crate::bench::bench(
-                ctx,
-                &spec,
-                crate::bench::BenchArgs {
-                    io_type,
-                    io_size,
-                    io_threads,
-                    io_total,
-                    random: io_pattern == IoPattern::Rand,
-                    rw_mix_read,
-                },
-                out,
-            )
-            .await
+            bench(ctx, &spec, io_type, io, out).await
+        }
+        Command::BenchWrite { spec, io } => {
+            eprintln!("rbd-row: bench-write is deprecated, use rbd-row bench --io-type write ...");
+            let spec = ctx.spec(spec.as_deref(), SnapMode::None)?;
+            bench(ctx, &spec, IoType::Write, io, out).await
         }
         Command::Bookmark(b) => bookmark(ctx, b, out).await,
     }
+}
+
+/// `--sparse-size` (B/K/M, bare number: bytes; default 4K, 0: not sparse).
+fn sparse_arg(s: &Option<String>) -> CliResult<u64> {
+    match s {
+        None => Ok(4096),
+        Some(v) => crate::create_opts::parse_bytes("sparse-size", v),
+    }
+}
+
+async fn bench(
+    ctx: &Ctx,
+    spec: &ImageSpec,
+    io_type: IoType,
+    io: BenchIoArgs,
+    out: &mut dyn Write,
+) -> CliResult<()> {
+    let io_size = parse_size(&io.io_size, 1)?;
+    let io_total = parse_size(&io.io_total, 1)?;
+    if io_size == 0 || io.io_threads == 0 || io.rw_mix_read > 100 {
+        return Err(CliError::usage("rbd-row: invalid bench parameters"));
+    }
+    crate::bench::bench(
+        ctx,
+        spec,
+        crate::bench::BenchArgs {
+            io_type,
+            io_size,
+            io_threads: io.io_threads,
+            io_total,
+            random: io.io_pattern == IoPattern::Rand,
+            rw_mix_read: io.rw_mix_read,
+        },
+        out,
+    )
+    .await
 }
 
 async fn ls(

@@ -14,6 +14,7 @@
 mod bench;
 pub mod cli;
 mod commands;
+mod create_opts;
 pub mod error;
 pub mod size;
 pub mod spec;

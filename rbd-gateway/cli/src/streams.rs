@@ -8,6 +8,7 @@
 
 use crate::cli::PathArg;
 use crate::commands::{finish, Ctx};
+use crate::create_opts::CreateOpts;
 use crate::error::{CliError, CliResult};
 use crate::spec::ImageSpec;
 use crate::util::Progress;
@@ -17,7 +18,7 @@ use rbd_streams::{
 };
 use row_layer::{CreateOptions, DiffExtent, Image};
 use std::fs::File;
-use std::io::{BufReader, BufWriter, Read, Seek, SeekFrom, Write};
+use std::io::{BufReader, BufWriter, Read, Write};
 use std::path::PathBuf;
 
 /// Largest single engine read or write issued by exports and imports.
@@ -132,6 +133,40 @@ fn flush_err(ctx: &str, e: std::io::Error) -> CliError {
     CliError::io(ctx, &e)
 }
 
+/// Refuses a diff from `from` to the snapshot `end` when `from` is newer,
+/// as librbd's diff_iterate does (EINVAL): rbd compares snapshot ids; a
+/// bookmark is placed by the epoch its snapshot sealed. The head (no `end`)
+/// is newer than everything; `from == end` is an empty diff.
+pub(crate) fn check_from_not_newer(
+    img: &Image,
+    end: Option<&str>,
+    from: Option<&str>,
+    context: &str,
+) -> CliResult<()> {
+    let (Some(end), Some(from)) = (end, from) else {
+        return Ok(());
+    };
+    let h = img.header();
+    let Some(e) = h.snap(end) else {
+        return Ok(());
+    };
+    let newer = match h.snap(from) {
+        Some(f) => f.id.0 > e.id.0,
+        None => match h.bookmarks.iter().find(|b| b.name == from) {
+            Some(b) => b.epoch > e.epoch,
+            None => return Ok(()), // the diff reports the missing name
+        },
+    };
+    if newer {
+        let mut err = CliError::errno(context, 22);
+        err.detail = Some(format!(
+            "from snapshot '{from}' is newer than the end snapshot '{end}'"
+        ));
+        return Err(err);
+    }
+    Ok(())
+}
+
 /// `export-diff`: an `rbd diff v1` stream of `spec` (head or snapshot) since
 /// `from` (or since creation).
 pub(crate) async fn export_diff(
@@ -145,6 +180,7 @@ pub(crate) async fn export_diff(
     const C: &str = "rbd-row: export-diff error";
     let (_, img) = ctx.open_view(spec).await?;
     let r = async {
+        check_from_not_newer(&img, spec.snap.as_deref(), from, C)?;
         let ext = img.diff(from).map_err(|e| CliError::row(C, &e))?;
         let ext = if whole {
             whole_object(&ext, img.info().object_size, img.size())
@@ -223,6 +259,7 @@ pub(crate) async fn export(
     spec: &ImageSpec,
     path: PathArg,
     format: u32,
+    sparse_size: u64,
     _out: &mut dyn Write,
 ) -> CliResult<()> {
     if format != 1 && format != 2 {
@@ -230,7 +267,7 @@ pub(crate) async fn export(
     }
     let (store, img) = ctx.open_view(spec).await?;
     let r = if format == 1 {
-        export_raw(ctx, &img, &path).await
+        export_raw(ctx, &img, &path, sparse_size).await
     } else {
         export_v2(ctx, &store, spec, &img, &path).await
     };
@@ -240,31 +277,54 @@ pub(crate) async fn export(
     finish(img, r).await
 }
 
-async fn export_raw(ctx: &Ctx, img: &Image, path: &PathArg) -> CliResult<()> {
+/// Raw export. To stdout every byte is written; to a file, like `rbd
+/// export` (which seeks over all-zero reads and sets the length with
+/// `ftruncate`) but at `sparse_size` granularity: all-zero blocks of that
+/// size, aligned to the image, are left as holes (0: write every byte).
+async fn export_raw(ctx: &Ctx, img: &Image, path: &PathArg, sparse_size: u64) -> CliResult<()> {
     const C: &str = "rbd-row: export error";
     let size = img.size();
     let p = Progress::new("Exporting image", size, ctx.progress);
     let (mut w, file) = open_out(path)?;
+    // Reads are whole multiples of the sparse size, so holes stay aligned.
+    let step = match sparse_size {
+        0 => CHUNK,
+        s if s >= CHUNK => s,
+        s => CHUNK / s * s,
+    };
     let res = async {
         let mut off = 0;
-        let mut sparse_tail = false;
         while off < size {
-            let n = CHUNK.min(size - off);
+            let n = step.min(size - off);
             let data = img.read(off, n).await.map_err(|e| CliError::row(C, &e))?;
-            if let (Some(mut f), true) = (file.as_ref(), rbd_streams::is_zero(&data)) {
-                w.flush().map_err(|e| flush_err(C, e))?;
-                f.seek(SeekFrom::Current(n as i64))
-                    .map_err(|e| flush_err(C, e))?;
-                sparse_tail = true;
-            } else {
-                w.write_all(&data).map_err(|e| flush_err(C, e))?;
-                sparse_tail = false;
+            if data.len() as u64 != n {
+                return Err(CliError::msg(
+                    5,
+                    format!("{C}: short read at {off}: {} of {n} bytes", data.len()),
+                ));
+            }
+            match &file {
+                None => w.write_all(&data).map_err(|e| flush_err(C, e))?,
+                Some(f) => {
+                    use std::os::unix::fs::FileExt;
+                    let gran = if sparse_size == 0 {
+                        data.len()
+                    } else {
+                        sparse_size as usize
+                    };
+                    for (o, len, zero) in rbd_streams::ZeroDetect::runs(&data, gran) {
+                        if !zero || sparse_size == 0 {
+                            f.write_all_at(&data[o..o + len], off + o as u64)
+                                .map_err(|e| flush_err(C, e))?;
+                        }
+                    }
+                }
             }
             off += n;
             p.set(off);
         }
         w.flush().map_err(|e| flush_err(C, e))?;
-        if let (true, Some(f)) = (sparse_tail || size == 0, &file) {
+        if let Some(f) = &file {
             f.set_len(size).map_err(|e| flush_err(C, e))?;
         }
         Ok(())
@@ -592,8 +652,8 @@ pub(crate) async fn import(
     spec: &ImageSpec,
     path: PathArg,
     format: u32,
-    object_size: Option<u64>,
-    grain_size: Option<u64>,
+    co: &CreateOpts,
+    sparse_size: u64,
 ) -> CliResult<()> {
     const C: &str = "rbd-row: import failed";
     if format != 1 && format != 2 {
@@ -619,12 +679,14 @@ pub(crate) async fn import(
             .len();
         None
     };
-    if let Some(o) = object_size {
+    // Like rbd: options given on the command line win over the export's.
+    if let Some(o) = co.object_size {
         opts.object_size = o;
     }
-    if let Some(g) = grain_size {
+    if let Some(g) = co.grain_size {
         opts.grain_size = g;
     }
+    co.check_striping(opts.object_size, C)?;
     let store = ctx.store(spec, true).await?;
     store
         .create(&spec.image, opts)
@@ -683,7 +745,13 @@ pub(crate) async fn import(
                     let mut buf = vec![0u8; n as usize];
                     f.read_exact(&mut buf).map_err(|e| CliError::io(C, &e))?;
                     let buf = Bytes::from(buf);
-                    for (o, len, zero) in rbd_streams::ZeroDetect::runs(&buf, 4096) {
+                    let gran = if sparse_size == 0 {
+                        buf.len()
+                    } else {
+                        sparse_size as usize
+                    };
+                    for (o, len, zero) in rbd_streams::ZeroDetect::runs(&buf, gran) {
+                        let zero = zero && sparse_size != 0;
                         if !zero {
                             let i = img.clone();
                             let data = buf.slice(o..o + len);
