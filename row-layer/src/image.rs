@@ -18,8 +18,9 @@ use crate::lineage::{Chain, Link, Loc, FIRST_SOURCE};
 use crate::range_lock::RangeLock;
 use crate::records::{EpochDelta, HeaderRecord};
 use bytes::{Bytes, BytesMut};
-use futures::future::try_join_all;
+use futures::future::{join_all, try_join_all};
 use std::collections::HashMap;
+use std::future::Future;
 use std::sync::{Arc, Mutex, MutexGuard};
 use tokio::sync::OnceCell;
 
@@ -288,9 +289,33 @@ impl Image {
     /// Reads `len` bytes at `offset`.
     pub async fn read(&self, offset: u64, len: u64) -> Result<Bytes> {
         self.check_usable()?;
-        self.check_range(offset, len)?;
         let _gate = self.inner.gate.read().await;
+        // Checked under the gate: a resize may have been queued before us.
+        self.check_range(offset, len)?;
         self.read_unlocked(offset, len).await
+    }
+
+    /// Runs a mutation of the data path in a task of its own and waits for
+    /// it. The task holds the gate until every backend op it issued has
+    /// completed and been noted, even when the caller drops this future (a
+    /// client disconnect, a timeout): a submitted op lands regardless, and
+    /// it must land before any snapshot seals its epoch.
+    async fn detached<F>(&self, work: F) -> Result<()>
+    where
+        F: Future<Output = Result<()>> + Send + 'static,
+    {
+        tokio::spawn(work)
+            .await
+            .map_err(|e| Error::io(format!("data-path task failed: {e}")))?
+    }
+
+    /// Waits for every piece, then returns the first error. Never drops a
+    /// piece whose op may still be in flight.
+    async fn join_pieces<F>(pieces: Vec<F>) -> Result<()>
+    where
+        F: Future<Output = Result<()>>,
+    {
+        join_all(pieces).await.into_iter().collect()
     }
 
     /// The read path without the gate (callers hold it).
@@ -341,19 +366,19 @@ impl Image {
     /// the grain.
     pub async fn write(&self, offset: u64, data: Bytes) -> Result<()> {
         self.check_writable()?;
-        self.check_range(offset, data.len() as u64)?;
-        if data.is_empty() {
-            return Ok(());
-        }
-        let _gate = self.inner.gate.read().await;
-        let mut jobs = Vec::new();
-        for (o, poff, plen) in self.pieces(offset, data.len() as u64) {
-            let start = (poff - offset) as usize;
-            let piece = data.slice(start..start + plen as usize);
-            jobs.push(self.write_piece(o, poff, plen, Fill::Data(piece)));
-        }
-        try_join_all(jobs).await?;
-        Ok(())
+        let img = self.clone();
+        self.detached(async move {
+            let _gate = img.inner.gate.read().await;
+            img.check_range(offset, data.len() as u64)?;
+            let mut jobs = Vec::new();
+            for (o, poff, plen) in img.pieces(offset, data.len() as u64) {
+                let start = (poff - offset) as usize;
+                let piece = data.slice(start..start + plen as usize);
+                jobs.push(img.write_piece(o, poff, plen, Fill::Data(piece)));
+            }
+            Self::join_pieces(jobs).await
+        })
+        .await
     }
 
     /// Writes `data` at `offset` and makes it durable before returning (FUA).
@@ -374,22 +399,23 @@ impl Image {
 
     async fn zero_range(&self, offset: u64, len: u64) -> Result<()> {
         self.check_writable()?;
-        self.check_range(offset, len)?;
-        if len == 0 {
-            return Ok(());
-        }
-        let _gate = self.inner.gate.read().await;
-        self.zero_range_unlocked(offset, len).await
+        let img = self.clone();
+        self.detached(async move {
+            let _gate = img.inner.gate.read().await;
+            img.check_range(offset, len)?;
+            img.zero_range_unlocked(offset, len).await
+        })
+        .await
     }
 
+    /// Zeroes a range; the caller holds the gate and keeps this future alive.
     pub(crate) async fn zero_range_unlocked(&self, offset: u64, len: u64) -> Result<()> {
         let jobs: Vec<_> = self
             .pieces(offset, len)
             .into_iter()
             .map(|(o, poff, plen)| self.write_piece(o, poff, plen, Fill::Zero))
             .collect();
-        try_join_all(jobs).await?;
-        Ok(())
+        Self::join_pieces(jobs).await
     }
 
     /// Makes every acknowledged write durable.
@@ -413,6 +439,12 @@ impl Image {
     /// parent image into this image (flatten), under the range lock so a
     /// concurrent client write is never overwritten with parent data.
     pub(crate) async fn copy_up(&self, o: ObjectNo, g0: u64, g1: u64) -> Result<()> {
+        let img = self.clone();
+        self.detached(async move { img.copy_up_detached(o, g0, g1).await })
+            .await
+    }
+
+    async fn copy_up_detached(&self, o: ObjectNo, g0: u64, g1: u64) -> Result<()> {
         let gs = self.inner.geo.grain_size;
         let _gate = self.inner.gate.read().await;
         let _range = self.inner.ranges.lock(g0, g1).await;
@@ -540,22 +572,44 @@ impl Image {
                 Bytes::from_static(GRAIN_ZERO),
             ));
         }
-        actions.push(Action::OmapSet(keys));
+        actions.push(Action::OmapSet(keys.clone()));
         let head = self.ensure_touched(o).await?;
         let name = layout::data_object(&self.inner.id, o, head);
-        self.inner
-            .backend
-            .operate(
-                &name,
-                WriteOp {
-                    guards: vec![],
-                    actions,
-                },
-            )
-            .await
-            .map_err(|e| e.context(format!("writing {name}")))?;
-        self.note_written(o, head, &data_grains, &zero_grains);
-        Ok(())
+        let op = WriteOp {
+            guards: vec![],
+            actions,
+        };
+        let Err(e) = self.inner.backend.operate(&name, op).await else {
+            self.note_written(o, head, &data_grains, &zero_grains);
+            return Ok(());
+        };
+        let e = e.context(format!("writing {name}"));
+        // The op may have landed although it reported an error (a lost
+        // reply). It is atomic, so its grain keys say whether it did; memory
+        // must follow the disk, or a later discard would skip a grain that
+        // recovery will find.
+        match self.op_landed(&name, &keys).await {
+            Ok(true) => self.note_written(o, head, &data_grains, &zero_grains),
+            Ok(false) => {}
+            Err(why) => {
+                return Err(self.poison(Error::new(
+                    e.kind(),
+                    format!("{e}; its outcome is unknown ({why})"),
+                )))
+            }
+        }
+        Err(e)
+    }
+
+    /// Whether a failed data op on `oid` landed: all of the grain keys it
+    /// set hold its values.
+    async fn op_landed(&self, oid: &str, keys: &[(String, Bytes)]) -> Result<bool> {
+        let stored = match crate::store::omap_all(&*self.inner.backend, oid, "").await {
+            Ok(kv) => kv.into_iter().collect::<HashMap<String, Bytes>>(),
+            Err(e) if e.kind() == ErrorKind::NotFound => return Ok(false),
+            Err(e) => return Err(e),
+        };
+        Ok(keys.iter().all(|(k, v)| stored.get(k) == Some(v)))
     }
 
     /// Reads the partial first and last grains of a span for a read-modify-write.

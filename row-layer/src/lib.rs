@@ -18,6 +18,7 @@ pub use ids::{Epoch, GrainIdx, ImageId, ObjectNo, SnapId};
 
 pub(crate) mod check;
 pub mod diff;
+mod flatten;
 pub mod image;
 pub mod layout;
 pub mod lifecycle;

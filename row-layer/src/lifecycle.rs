@@ -1,10 +1,9 @@
-//! Image lifecycle beyond create/open: remove, clone, flatten, children and
-//! image-meta.
+//! Image lifecycle beyond create/open: remove, clone, children and
+//! image-meta (flatten has its own file).
 
 use crate::backend::{Action, Guard, WriteOp};
 use crate::error::{Error, ErrorKind, Result};
-use crate::ids::{ImageId, ObjectNo, SnapId};
-use crate::image::Image;
+use crate::ids::{ImageId, SnapId};
 use crate::layout::{self, Geometry};
 use crate::records::{EpochState, ParentLink};
 use crate::store::{omap_all, read_epoch, read_header, Store};
@@ -217,64 +216,6 @@ impl Store {
                 )
             })
             .collect())
-    }
-}
-
-impl Image {
-    /// Copies every grain the clone still reads from its parent into the
-    /// clone, then detaches it from the parent. Cost: the parent data it reads.
-    pub async fn flatten(&self) -> Result<()> {
-        self.check_writable()?;
-        let Some(parent) = self.header().parent else {
-            return Err(Error::invalid("image is not a clone"));
-        };
-        let geo = self.geometry();
-        let objects = self.size().div_ceil(geo.object_size);
-        for o in 0..objects {
-            let first = geo.first_grain(ObjectNo(o));
-            let end = (first + u64::from(geo.grains_per_object())).min(geo.grains_for(self.size()));
-            self.copy_up(ObjectNo(o), first, end).await?;
-        }
-        let _gate = self.inner.gate.write().await;
-        self.inner.backend.flush().await?;
-        let mut header = self.header();
-        header.parent = None;
-        self.commit_header(&header, vec![]).await?;
-        self.inner.backend.flush().await?;
-        {
-            let mut st = self.state();
-            st.parent_links.clear();
-            let head_delta = st.chain.links.first().map(|l| l.delta.clone());
-            let chain = std::mem::take(&mut st.chain);
-            st.chain = crate::store::build_chain(
-                &header,
-                &st.deltas,
-                head_delta,
-                header.head,
-                &[],
-                chain,
-            )?;
-            st.cache.clear();
-            st.header = header;
-        }
-        self.inner
-            .backend
-            .operate(
-                &layout::children_object(&parent.image),
-                WriteOp::new().action(Action::OmapRemove(vec![format!(
-                    "{:016x}.{}",
-                    parent.snap.0,
-                    self.id()
-                )])),
-            )
-            .await
-            .or_else(|e| {
-                if e.kind() == ErrorKind::NotFound {
-                    Ok(())
-                } else {
-                    Err(e)
-                }
-            })
     }
 }
 

@@ -306,27 +306,30 @@ impl Image {
             }
         }
         self.commit_header(&header, vec![]).await?;
+        {
+            let mut st = self.state();
+            st.deltas.remove(&e);
+            let head_delta = st.chain.links.first().map(|l| l.delta.clone());
+            let chain = std::mem::take(&mut st.chain);
+            let parent_links = st.parent_links.clone();
+            st.chain = build_chain(
+                &header,
+                &st.deltas,
+                head_delta,
+                header.head,
+                &parent_links,
+                chain,
+            )
+            .map_err(|e| self.poison(e))?;
+            st.header = header;
+        }
         // The record may go only once no durable header names it.
-        self.inner.backend.flush().await?;
+        self.flush_committed().await?;
         let _ = self
             .inner
             .backend
             .operate(&layout::epoch_object(&self.inner.id, e), WriteOp::remove())
             .await;
-        let mut st = self.state();
-        st.deltas.remove(&e);
-        let head_delta = st.chain.links.first().map(|l| l.delta.clone());
-        let chain = std::mem::take(&mut st.chain);
-        let parent_links = st.parent_links.clone();
-        st.chain = build_chain(
-            &header,
-            &st.deltas,
-            head_delta,
-            header.head,
-            &parent_links,
-            chain,
-        )?;
-        st.header = header;
         Ok(())
     }
 }

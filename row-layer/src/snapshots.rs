@@ -81,6 +81,16 @@ impl Image {
             })
     }
 
+    /// Makes a committed header durable. The caller has already installed
+    /// the committed state in memory, so that the handle never acts on a
+    /// header the disk has replaced; if the flush fails, the commit's
+    /// durability is unknown and the handle is poisoned (reopen to recover).
+    pub(crate) async fn flush_committed(&self) -> Result<()> {
+        self.inner.backend.flush().await.map_err(|e| {
+            self.poison(e.context("flushing a committed header (the handle must be reopened)"))
+        })
+    }
+
     /// Snapshots, oldest first.
     pub fn snap_list(&self) -> Vec<SnapInfo> {
         self.state()
@@ -198,8 +208,9 @@ impl Image {
         header.snapshots.push(snap.clone());
         self.commit_header(&header, vec![Action::OmapRemove(touch_keys)])
             .await?;
-        self.inner.backend.flush().await?;
-        self.install_new_head(header, Some((old_head, delta)), EpochDelta::default(), true)?;
+        self.install_new_head(header, Some((old_head, delta)), EpochDelta::default(), true)
+            .map_err(|e| self.poison(e))?;
+        self.flush_committed().await?;
         self.reclaim_locked().await?;
         Ok(SnapInfo::from(&snap))
     }
@@ -226,8 +237,8 @@ impl Image {
         let mut header = self.header();
         header.snapshots.retain(|s| s.id != snap.id);
         self.commit_header(&header, vec![]).await?;
-        self.inner.backend.flush().await?;
         self.state().header = header;
+        self.flush_committed().await?;
         self.reclaim_locked().await
     }
 
@@ -247,9 +258,8 @@ impl Image {
             .ok_or_else(|| Error::not_found(format!("snapshot {from} does not exist")))?;
         s.name = to.to_string();
         self.commit_header(&header, vec![]).await?;
-        self.inner.backend.flush().await?;
         self.state().header = header;
-        Ok(())
+        self.flush_committed().await
     }
 
     /// Protects or unprotects a snapshot (unprotect refused while cloned).
@@ -277,9 +287,8 @@ impl Image {
             }
         }
         self.commit_header(&header, vec![]).await?;
-        self.inner.backend.flush().await?;
         self.state().header = header;
-        Ok(())
+        self.flush_committed().await
     }
 
     pub(crate) async fn has_children(&self, snap: SnapId) -> Result<bool> {
@@ -332,7 +341,6 @@ impl Image {
         )
         .await?;
         self.commit_header(&header, vec![]).await?;
-        self.inner.backend.flush().await?;
         {
             let mut st = self.state();
             // Same sources (and so the same indexes) as before, new limits.
@@ -349,7 +357,9 @@ impl Image {
                 })
                 .collect();
         }
-        self.install_new_head(header, None, EpochDelta::default(), false)?;
+        self.install_new_head(header, None, EpochDelta::default(), false)
+            .map_err(|e| self.poison(e))?;
+        self.flush_committed().await?;
         self.reclaim_locked().await
     }
 
@@ -365,11 +375,12 @@ impl Image {
             let mut header = header;
             header.size = new_size;
             self.commit_header(&header, vec![]).await?;
-            self.inner.backend.flush().await?;
-            let mut st = self.state();
-            st.size = new_size;
-            st.header = header;
-            return Ok(());
+            {
+                let mut st = self.state();
+                st.size = new_size;
+                st.header = header;
+            }
+            return self.flush_committed().await;
         }
         let geo = self.inner.geo;
         let gs = geo.grain_size;
@@ -384,7 +395,6 @@ impl Image {
         }
         self.commit_header(&header, vec![Action::OmapRemove(touch_keys)])
             .await?;
-        self.inner.backend.flush().await?;
         let mut head_delta = EpochDelta::default();
         if from < to {
             head_delta.zero.insert_range(from..to);
@@ -398,7 +408,9 @@ impl Image {
                 }
             }
         }
-        self.install_new_head(header, Some((old_head, delta)), head_delta, false)?;
+        self.install_new_head(header, Some((old_head, delta)), head_delta, false)
+            .map_err(|e| self.poison(e))?;
+        self.flush_committed().await?;
         // The tail of a partial last grain must read as zeros if regrown.
         if !new_size.is_multiple_of(gs) {
             let tail_end = new_size.div_ceil(gs) * gs;
@@ -430,9 +442,8 @@ impl Image {
             created: Timestamp::now(),
         });
         self.commit_header(&header, vec![]).await?;
-        self.inner.backend.flush().await?;
         self.state().header = header;
-        Ok(())
+        self.flush_committed().await
     }
 
     /// Bookmarks (name, size, creation seconds).
@@ -456,9 +467,8 @@ impl Image {
             return Err(Error::not_found(format!("bookmark {name} does not exist")));
         }
         self.commit_header(&header, vec![]).await?;
-        self.inner.backend.flush().await?;
         self.state().header = header;
-        Ok(())
+        self.flush_committed().await
     }
 
     /// Releases ownership. Outstanding writes must have completed; call

@@ -14,7 +14,7 @@ use bytes::Bytes;
 use futures::future::BoxFuture;
 use futures::FutureExt;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 /// Counts of backend calls, by kind.
@@ -64,6 +64,66 @@ pub struct FaultBackend {
     /// Number of upcoming calls that fail with `fail_kind` (not a crash).
     fail_next: AtomicU64,
     fail_transient: AtomicBool,
+    rules: Mutex<Vec<FaultRule>>,
+}
+
+/// The kind of backend call a [`FaultRule`] matches.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FaultPoint {
+    /// `operate`.
+    Mutation,
+    /// `flush`.
+    Flush,
+    /// `read`.
+    Read,
+}
+
+/// What a [`FaultRule`] does to the call it matches.
+#[derive(Debug, Clone)]
+pub enum FaultEffect {
+    /// Fails the call without reaching the inner store.
+    Fail(ErrorKind),
+    /// Lets the call reach the inner store, then reports this error anyway:
+    /// an op that landed but whose reply was lost or timed out.
+    FailAfterApply(ErrorKind),
+    /// Runs the call after this delay in a task of its own, so it lands even
+    /// when the caller drops its future (as a submitted RADOS op does).
+    Delay(Duration),
+}
+
+/// A named failpoint: the first `skip` matching calls pass, the next `times`
+/// get `effect`. Rules are tried in the order they were added.
+#[derive(Debug, Clone)]
+pub struct FaultRule {
+    /// Which calls it matches.
+    pub point: FaultPoint,
+    /// Only objects whose name contains this (empty: any; flushes ignore it).
+    pub oid_contains: String,
+    /// Matching calls to let through first.
+    pub skip: u64,
+    /// Matching calls to affect after that.
+    pub times: u64,
+    /// What happens to them.
+    pub effect: FaultEffect,
+}
+
+impl FaultRule {
+    /// A rule affecting the next matching call once.
+    pub fn once(point: FaultPoint, oid_contains: &str, effect: FaultEffect) -> Self {
+        FaultRule {
+            point,
+            oid_contains: oid_contains.to_string(),
+            skip: 0,
+            times: 1,
+            effect,
+        }
+    }
+
+    /// Lets `n` matching calls through before the rule acts.
+    pub fn after(mut self, n: u64) -> Self {
+        self.skip = n;
+        self
+    }
 }
 
 impl FaultBackend {
@@ -80,6 +140,68 @@ impl FaultBackend {
             crashed: AtomicBool::new(false),
             fail_next: AtomicU64::new(0),
             fail_transient: AtomicBool::new(false),
+            rules: Mutex::new(Vec::new()),
+        }
+    }
+
+    /// Arms a failpoint (see [`FaultRule`]).
+    pub fn add_rule(&self, rule: FaultRule) {
+        self.rules
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push(rule);
+    }
+
+    /// Disarms every failpoint.
+    pub fn clear_rules(&self) {
+        self.rules.lock().unwrap_or_else(|p| p.into_inner()).clear();
+    }
+
+    /// The effect the armed rules give this call, if any (consuming it).
+    fn rule_for(&self, point: FaultPoint, oid: &str) -> Option<FaultEffect> {
+        let mut rules = self.rules.lock().unwrap_or_else(|p| p.into_inner());
+        let rule = rules.iter_mut().find(|r| {
+            r.point == point
+                && r.times > 0
+                && (point == FaultPoint::Flush || oid.contains(r.oid_contains.as_str()))
+        })?;
+        if rule.skip > 0 {
+            rule.skip -= 1;
+            return None;
+        }
+        rule.times -= 1;
+        Some(rule.effect.clone())
+    }
+
+    /// Runs `call` (which reaches the inner store) under `effect`.
+    fn with_effect<T: Send + 'static>(
+        effect: Option<FaultEffect>,
+        call: impl FnOnce() -> BoxFuture<'static, Result<T>> + Send + 'static,
+    ) -> BoxFuture<'static, Result<T>> {
+        match effect {
+            None => call(),
+            Some(FaultEffect::Fail(kind)) => {
+                async move { Err(Error::new(kind, "injected failure (failpoint)")) }.boxed()
+            }
+            Some(FaultEffect::FailAfterApply(kind)) => {
+                let fut = call();
+                async move {
+                    let _ = fut.await;
+                    Err(Error::new(kind, "injected failure after the op applied"))
+                }
+                .boxed()
+            }
+            Some(FaultEffect::Delay(d)) => {
+                let task = tokio::spawn(async move {
+                    tokio::time::sleep(d).await;
+                    call().await
+                });
+                async move {
+                    task.await
+                        .map_err(|e| Error::io(format!("delayed op task failed: {e}")))?
+                }
+                .boxed()
+            }
         }
     }
 
@@ -141,7 +263,12 @@ impl Backend for FaultBackend {
         if let Err(e) = self.gate() {
             return async move { Err(e) }.boxed();
         }
-        self.inner.read(oid, offset, len)
+        let effect = self.rule_for(FaultPoint::Read, oid);
+        let inner = self.inner.clone();
+        let oid = oid.to_string();
+        Self::with_effect(effect, move || {
+            async move { inner.read(&oid, offset, len).await }.boxed()
+        })
     }
 
     fn stat(&self, oid: &str) -> BoxFuture<'_, Result<ObjectStat>> {
@@ -193,7 +320,15 @@ impl Backend for FaultBackend {
             return async { Err(Error::new(ErrorKind::Io, "injected crash before mutation")) }
                 .boxed();
         }
-        self.inner.operate(oid, op)
+        let effect = self.rule_for(FaultPoint::Mutation, oid);
+        if effect.is_none() {
+            return self.inner.operate(oid, op);
+        }
+        let inner = self.inner.clone();
+        let oid = oid.to_string();
+        Self::with_effect(effect, move || {
+            async move { inner.operate(&oid, op).await }.boxed()
+        })
     }
 
     fn list(&self, prefix: &str) -> BoxFuture<'_, Result<Vec<String>>> {
@@ -209,7 +344,12 @@ impl Backend for FaultBackend {
         if let Err(e) = self.gate() {
             return async move { Err(e) }.boxed();
         }
-        self.inner.flush()
+        let effect = self.rule_for(FaultPoint::Flush, "");
+        if effect.is_none() {
+            return self.inner.flush();
+        }
+        let inner = self.inner.clone();
+        Self::with_effect(effect, move || async move { inner.flush().await }.boxed())
     }
 
     fn lock_exclusive(

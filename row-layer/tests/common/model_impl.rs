@@ -53,6 +53,11 @@ pub enum Op {
         img: usize,
         which: usize,
     },
+    /// Flattens a clone, then unprotects and removes its parent snapshot
+    /// when no other clone uses it.
+    Flatten {
+        img: usize,
+    },
 }
 
 pub const SIZE: u64 = 3 * OBJ;
@@ -71,7 +76,8 @@ pub fn op() -> impl Strategy<Value = Op> {
         1 => (img.clone(), 0usize..8).prop_map(|(img, which)| Op::Clone { img, which }),
         1 => (img.clone(), (OBJ / 2)..(4 * OBJ)).prop_map(|(img, size)| Op::Resize { img, size }),
         1 => img.clone().prop_map(|img| Op::Reopen { img }),
-        1 => (img, 0usize..8).prop_map(|(img, which)| Op::Bookmark { img, which }),
+        1 => (img.clone(), 0usize..8).prop_map(|(img, which)| Op::Bookmark { img, which }),
+        1 => img.prop_map(|img| Op::Flatten { img }),
     ]
 }
 
@@ -82,6 +88,8 @@ struct ModelImage {
     snaps: Vec<(String, Vec<u8>, bool)>,
     bookmarks: Vec<(String, Vec<u8>)>,
     children: usize,
+    /// (index of the parent image, parent snapshot name) for clones.
+    parent: Option<(usize, String)>,
 }
 
 struct World {
@@ -205,6 +213,7 @@ impl World {
                     snaps: vec![],
                     bookmarks: vec![],
                     children: 0,
+                    parent: Some((i, snap)),
                 });
             }
             Op::Resize { img, size } => {
@@ -235,7 +244,43 @@ impl World {
                     .expect("bookmark");
                 m.bookmarks.push((name, m.snaps[w].1.clone()));
             }
+            Op::Flatten { img } => self.flatten(img).await,
         }
+    }
+
+    async fn flatten(&mut self, img: usize) {
+        let i = self.pick(img);
+        let Some((p, snap)) = self.images[i].parent.clone() else {
+            let e = self.images[i]
+                .handle
+                .flatten()
+                .await
+                .expect_err("not a clone");
+            assert_eq!(e.kind(), ErrorKind::InvalidInput);
+            return;
+        };
+        self.images[i].handle.flatten().await.expect("flatten");
+        self.images[i].parent = None;
+        self.images[p].children -= 1;
+        let still_used = self
+            .images
+            .iter()
+            .any(|m| m.parent.as_ref() == Some(&(p, snap.clone())));
+        if still_used {
+            return;
+        }
+        let parent = &mut self.images[p];
+        parent
+            .handle
+            .snap_set_protected(&snap, false)
+            .await
+            .expect("unprotect after flatten");
+        parent
+            .handle
+            .snap_remove(&snap)
+            .await
+            .expect("remove the parent snapshot after flatten");
+        parent.snaps.retain(|(n, _, _)| *n != snap);
     }
 
     async fn verify(&self) {
@@ -296,6 +341,7 @@ pub async fn run_on(backend: Arc<dyn Backend>, ops: Vec<Op>) {
             snaps: vec![],
             bookmarks: vec![],
             children: 0,
+            parent: None,
         }],
         next: 0,
     };
