@@ -105,16 +105,24 @@ async fn emit<W: Write>(
     Ok(())
 }
 
-fn open_out(path: &PathArg) -> CliResult<(Box<dyn Write>, Option<File>)> {
+/// Opens the output: stdout, or a new file. Like rbd (`O_CREAT | O_EXCL`),
+/// an existing file is refused (EEXIST) and left alone.
+fn open_out(path: &PathArg, ctx: &str) -> CliResult<(Box<dyn Write>, Option<File>)> {
     match path {
         PathArg::Std => Ok((
             Box::new(BufWriter::with_capacity(1 << 20, std::io::stdout())),
             None,
         )),
         PathArg::File(p) => {
-            let f = File::create(p).map_err(|e| {
-                CliError::io(format!("rbd-row: error creating {}", p.display()), &e)
-            })?;
+            let f = std::fs::OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .open(p)
+                .map_err(|e| {
+                    let mut err = CliError::io(ctx, &e);
+                    err.detail = Some(format!("error creating {}: {e}", p.display()));
+                    err
+                })?;
             let f2 = f
                 .try_clone()
                 .map_err(|e| CliError::io("rbd-row: error opening output", &e))?;
@@ -123,6 +131,7 @@ fn open_out(path: &PathArg) -> CliResult<(Box<dyn Write>, Option<File>)> {
     }
 }
 
+/// Removes an output file this command created (never one it refused).
 fn remove_partial(path: &PathArg) {
     if let PathArg::File(p) = path {
         let _ = std::fs::remove_file(p);
@@ -189,7 +198,7 @@ pub(crate) async fn export_diff(
         };
         let total: u64 = ext.iter().map(|e| e.length).sum();
         let p = Progress::new("Exporting image", total, ctx.progress);
-        let (w, _) = open_out(&path)?;
+        let (w, _) = open_out(&path, C)?;
         let mut done = 0u64;
         let res = async {
             let mut dw = DiffWriter::new(w, DiffFormat::V1).map_err(|e| CliError::stream(C, &e))?;
@@ -266,14 +275,20 @@ pub(crate) async fn export(
         return Err(CliError::usage("rbd-row: --export-format must be 1 or 2"));
     }
     let (store, img) = ctx.open_view(spec).await?;
-    let r = if format == 1 {
-        export_raw(ctx, &img, &path, sparse_size).await
-    } else {
-        export_v2(ctx, &store, spec, &img, &path).await
+    let r = match open_out(&path, "rbd-row: export error") {
+        Err(e) => Err(e),
+        Ok((w, file)) => {
+            let r = if format == 1 {
+                export_raw(ctx, &img, w, file, sparse_size).await
+            } else {
+                export_v2(ctx, &store, spec, &img, w).await
+            };
+            if r.is_err() {
+                remove_partial(&path);
+            }
+            r
+        }
     };
-    if r.is_err() {
-        remove_partial(&path);
-    }
     finish(img, r).await
 }
 
@@ -281,11 +296,16 @@ pub(crate) async fn export(
 /// export` (which seeks over all-zero reads and sets the length with
 /// `ftruncate`) but at `sparse_size` granularity: all-zero blocks of that
 /// size, aligned to the image, are left as holes (0: write every byte).
-async fn export_raw(ctx: &Ctx, img: &Image, path: &PathArg, sparse_size: u64) -> CliResult<()> {
+async fn export_raw(
+    ctx: &Ctx,
+    img: &Image,
+    mut w: Box<dyn Write>,
+    file: Option<File>,
+    sparse_size: u64,
+) -> CliResult<()> {
     const C: &str = "rbd-row: export error";
     let size = img.size();
     let p = Progress::new("Exporting image", size, ctx.progress);
-    let (mut w, file) = open_out(path)?;
     // Reads are whole multiples of the sparse size, so holes stay aligned.
     let step = match sparse_size {
         0 => CHUNK,
@@ -339,7 +359,7 @@ async fn export_v2(
     store: &row_layer::Store,
     spec: &ImageSpec,
     img: &Image,
-    path: &PathArg,
+    mut w: Box<dyn Write>,
 ) -> CliResult<()> {
     const C: &str = "rbd-row: export error";
     // One v2 diff per snapshot older than the view, then the view itself.
@@ -365,7 +385,6 @@ async fn export_v2(
         );
     }
     let order = u64::from(63 - img.info().object_size.max(1).leading_zeros());
-    let (mut w, _) = open_out(path)?;
     w.write_all(&image_v2_header(order, &meta, snaps.len() as u64 + 1)?)
         .map_err(|e| flush_err(C, e))?;
     let total: u64 = snaps.iter().map(|s| s.1).sum::<u64>() + img.size();
@@ -802,11 +821,12 @@ pub(crate) fn merge_diff(
     }
     let a = spool(&first)?;
     let b = spool(&second)?;
-    let (w, _) = open_out(&out_path)?;
+    let (fa, fb) = (a.open()?, b.open()?);
+    let (w, _) = open_out(&out_path, C)?;
     let p = Progress::new("Merging image diff", 1, ctx.progress);
     let r = rbd_streams::merge_diffs(
-        BufReader::with_capacity(1 << 20, a.open()?),
-        BufReader::with_capacity(1 << 20, b.open()?),
+        BufReader::with_capacity(1 << 20, fa),
+        BufReader::with_capacity(1 << 20, fb),
         w,
     );
     p.finish(r.is_ok());

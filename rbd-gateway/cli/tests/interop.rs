@@ -282,6 +282,8 @@ fn row_export_diff_into_real_rbd_import_diff() {
             args.extend(["--from-snap", pv]);
         }
         args.extend([spec.as_str(), p(&f)]);
+        // Like rbd, rbd-row export-diff refuses to overwrite (EEXIST).
+        let _ = std::fs::remove_file(&f);
         ok(row(), &args);
         let head = std::fs::read(&f).expect("read diff");
         assert!(
@@ -299,6 +301,7 @@ fn row_export_diff_into_real_rbd_import_diff() {
         let n2 = env.native(&format!("full{i}"));
         ok(rbd(), &["create", "--size", "1M", &n2]);
         let spec = s.map_or(r.clone(), |s| format!("{r}@{s}"));
+        let _ = std::fs::remove_file(&f);
         ok(row(), &["export-diff", &spec, p(&f)]);
         ok(rbd(), &["import-diff", "--no-progress", p(&f), &n2]);
         let nspec = s.map_or(n2.clone(), |s| format!("{n2}@{s}"));

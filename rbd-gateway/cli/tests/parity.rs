@@ -493,3 +493,52 @@ fn bench_write_is_bench_io_type_write() {
     t.fails(&["bench-write", "--io-type", "read", "img"], 22);
     assert!(ok_str(rbd_row(), &["bench-write", "--help"]).contains("Example:"));
 }
+
+/// Like rbd (which opens its output with O_EXCL), export, export-diff and
+/// merge-diff refuse an existing output file (EEXIST) and leave it as it was.
+#[test]
+fn existing_output_files_are_kept() {
+    let t = T::new();
+    t.ok(&["create", "--size", "1M", "img"]);
+    t.write("img", M, 0, &random(8192, 7), Some("s1"));
+    t.write("img", M, 8192, &random(8192, 8), None);
+    let (d1, d2) = (t.file("d1.diff"), t.file("d2.diff"));
+    t.ok(&["export-diff", "img@s1", s(&d1)]);
+    t.ok(&["export-diff", "--from-snap", "s1", "img", s(&d2)]);
+    let out = t.file("precious");
+    std::fs::write(&out, b"keep me").expect("write");
+    for (args, text) in [
+        (
+            vec!["export", "img", s(&out)],
+            "rbd-row: export error: (17) File exists",
+        ),
+        (
+            vec!["export", "--export-format", "2", "img", s(&out)],
+            "rbd-row: export error: (17) File exists",
+        ),
+        (
+            vec!["export-diff", "img", s(&out)],
+            "rbd-row: export-diff error: (17) File exists",
+        ),
+        (
+            vec!["merge-diff", s(&d1), s(&d2), s(&out)],
+            "(17) File exists",
+        ),
+    ] {
+        let e = t.fails(&args, 17);
+        assert!(e.contains(text), "{args:?}: {e}");
+        assert_eq!(
+            std::fs::read(&out).expect("read"),
+            b"keep me",
+            "{args:?} changed an existing file"
+        );
+    }
+    // A failed export to a new path leaves nothing behind.
+    let new = t.file("new.raw");
+    t.fails(&["export", "img@nosuch", s(&new)], 2);
+    assert!(!new.exists());
+    // And to a fresh path they all work.
+    t.ok(&["merge-diff", s(&d1), s(&d2), s(&t.file("m.diff"))]);
+    t.ok(&["export", "img", s(&new)]);
+    assert_eq!(std::fs::read(&new).expect("read"), t.export("img"));
+}
