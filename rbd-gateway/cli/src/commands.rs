@@ -394,6 +394,12 @@ async fn execute(ctx: &Ctx, cmd: Command, out: &mut dyn Write) -> CliResult<()> 
             sparse_size,
         } => {
             let sparse = sparse_arg(&sparse_size)?;
+            if sparse > 32 << 20 {
+                // Export reads whole sparse blocks; keep them bounded.
+                return Err(CliError::usage(
+                    "rbd-row: export --sparse-size must be at most 32M",
+                ));
+            }
             let spec = ctx.spec(Some(&spec), SnapMode::Permitted)?;
             streams::export(
                 ctx,

@@ -397,6 +397,22 @@ fn export_to_a_file_is_sparse() {
     t.ok(&["export", "--sparse-size", "0", "img", s(&full)]);
     assert!(std::fs::read(&full).expect("read") == want);
     assert!(allocated(&full) >= size - 64 * K, "{}", allocated(&full));
+    // Coarser holes: 1 MiB blocks (the data spans three of them).
+    let coarse = t.file("coarse.raw");
+    t.ok(&["export", "--sparse-size", "1M", "img", s(&coarse)]);
+    assert!(std::fs::read(&coarse).expect("read") == want);
+    assert!(
+        allocated(&coarse) <= 3 * M + 64 * K,
+        "{}",
+        allocated(&coarse)
+    );
+    assert!(allocated(&coarse) >= 3 * M, "{}", allocated(&coarse));
+    t.fails(
+        &["export", "--sparse-size", "64M", "img", s(&t.file("x"))],
+        22,
+    );
+    t.fails(&["export", "--sparse-size", "x", "img", s(&t.file("x"))], 1);
+    assert!(!t.file("x").exists());
 }
 
 /// Item 4: `export-diff IMG@older --from-snap newer` is refused as rbd
