@@ -118,6 +118,8 @@ pub enum Command {
         parent: String,
         /// Child image spec.
         child: String,
+        #[command(flatten)]
+        opts: CloneImageArgs,
     },
     /// Display the children of an image snapshot.
     #[command(after_help = "Example:\n  rbd-row children rbd/base@gold")]
@@ -312,6 +314,48 @@ pub struct ImageCreateArgs {
     /// Grain size, the unit of the map and of diffs (default 4K; rbd-row).
     #[arg(long = "grain-size")]
     pub grain_size: Option<String>,
+}
+
+/// rbd's creation options of `clone` (no format: a clone is format 2). A
+/// clone keeps its parent's layout; values meaning another one are refused.
+#[derive(Debug, Clone, Default, Args)]
+pub struct CloneImageArgs {
+    /// Object order, 12..=25 (must give the parent's object size).
+    #[arg(long = "order")]
+    pub order: Option<String>,
+    /// Object size in B/K/M (must be the parent's).
+    #[arg(long = "object-size")]
+    pub object_size: Option<String>,
+    /// Image features (see `create --help`).
+    #[arg(long = "image-feature")]
+    pub image_feature: Vec<String>,
+    /// Shared image (refused).
+    #[arg(long = "image-shared")]
+    pub image_shared: bool,
+    /// Stripe unit in B/K/M (plain striping only).
+    #[arg(long = "stripe-unit")]
+    pub stripe_unit: Option<String>,
+    /// Stripe count (plain striping only).
+    #[arg(long = "stripe-count")]
+    pub stripe_count: Option<String>,
+    /// Data pool (refused).
+    #[arg(long = "data-pool")]
+    pub data_pool: Option<String>,
+}
+
+impl From<CloneImageArgs> for ImageCreateArgs {
+    fn from(c: CloneImageArgs) -> Self {
+        ImageCreateArgs {
+            order: c.order,
+            object_size: c.object_size,
+            image_feature: c.image_feature,
+            image_shared: c.image_shared,
+            stripe_unit: c.stripe_unit,
+            stripe_count: c.stripe_count,
+            data_pool: c.data_pool,
+            ..ImageCreateArgs::default()
+        }
+    }
 }
 
 /// `bench` / `bench-write` I/O options.

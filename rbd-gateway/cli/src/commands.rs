@@ -277,7 +277,13 @@ async fn execute(ctx: &Ctx, cmd: Command, out: &mut dyn Write) -> CliResult<()> 
             r
         }
         Command::Snap(s) => snap(ctx, s, out).await,
-        Command::Clone { parent, child } => {
+        Command::Clone {
+            parent,
+            child,
+            opts,
+        } => {
+            const C: &str = "rbd-row: clone error";
+            let co = CreateOpts::parse(&opts.into(), C)?;
             let p = ctx.spec(Some(&parent), SnapMode::Required)?;
             let c = ctx.spec(Some(&child), SnapMode::None)?;
             if (&p.pool, &p.namespace) != (&c.pool, &c.namespace) {
@@ -288,10 +294,22 @@ async fn execute(ctx: &Ctx, cmd: Command, out: &mut dyn Write) -> CliResult<()> 
             }
             let store = ctx.store(&p, false).await?;
             let snap = p.snap.as_deref().unwrap_or_default();
+            if co != CreateOpts::default() {
+                // A clone has its parent's layout: options must describe it.
+                let os = peek(&store, &p).await?.object_size;
+                if co.object_size.is_some_and(|o| o != os) {
+                    let mut e = CliError::errno(C, 95);
+                    e.detail = Some(format!(
+                        "a clone keeps its parent's object size ({os} bytes); another object size is not supported"
+                    ));
+                    return Err(e);
+                }
+                co.check_striping(os, C)?;
+            }
             store
                 .clone_image(&p.image, snap, &c.image)
                 .await
-                .map_err(|e| CliError::row("rbd-row: clone error", &e))?;
+                .map_err(|e| CliError::row(C, &e))?;
             Ok(())
         }
         Command::Children { spec, fmt } => {

@@ -558,3 +558,52 @@ fn existing_output_files_are_kept() {
     t.ok(&["export", "img", s(&new)]);
     assert_eq!(std::fs::read(&new).expect("read"), t.export("img"));
 }
+
+/// `clone` takes rbd's clone creation options the same way: a clone keeps
+/// its parent's layout, so only values meaning that layout are accepted.
+#[test]
+fn clone_takes_rbds_create_options() {
+    let t = T::new();
+    t.ok(&["create", "--size", "2M", "--object-size", "1M", "base"]);
+    t.write("base", 2 * M, 100, &random(5000, 9), Some("gold"));
+    t.ok(&["snap", "protect", "base@gold"]);
+    t.ok(&[
+        "clone",
+        "--image-feature",
+        "layering,exclusive-lock,object-map,fast-diff,deep-flatten",
+        "--object-size",
+        "1M",
+        "--stripe-unit",
+        "1M",
+        "--stripe-count",
+        "1",
+        "base@gold",
+        "vm1",
+    ]);
+    assert_eq!(t.export("vm1"), t.export("base@gold"));
+    t.ok(&["clone", "--order", "20", "base@gold", "vm2"]);
+    let before = t.images();
+    for (args, code, text) in [
+        (
+            &["--image-feature", "bogus"][..],
+            1,
+            "the argument for option '--image-feature' is invalid",
+        ),
+        (&["--object-size", "4M"][..], 95, "object size"),
+        (
+            &["--stripe-unit", "64K", "--stripe-count", "4"][..],
+            95,
+            "striping",
+        ),
+        (&["--image-feature", "journaling"][..], 95, "journaling"),
+    ] {
+        let mut a = vec!["clone"];
+        a.extend_from_slice(args);
+        a.extend_from_slice(&["base@gold", "refused"]);
+        let e = t.fails(&a, code);
+        assert!(e.contains(text), "{args:?}: {e}");
+        assert_eq!(t.images(), before, "{args:?} created an image");
+    }
+    // rbd's clone has no --image-format.
+    t.fails(&["clone", "--image-format", "2", "base@gold", "x"], 22);
+}
