@@ -19,6 +19,8 @@ pub(crate) struct BenchArgs {
     pub(crate) io_threads: usize,
     pub(crate) io_total: u64,
     pub(crate) random: bool,
+    /// Name of the pattern in the header line (rbd's spelling).
+    pub(crate) pattern: &'static str,
     pub(crate) rw_mix_read: u32,
 }
 
@@ -56,10 +58,7 @@ pub(crate) async fn bench(
         out,
         format!(
             "bench  type {kind} io_size {} io_threads {} bytes {} pattern {}\n",
-            a.io_size,
-            a.io_threads,
-            a.io_total,
-            if a.random { "random" } else { "sequential" }
+            a.io_size, a.io_threads, a.io_total, a.pattern
         ),
     );
     let ops_total = a.io_total / a.io_size;

@@ -370,7 +370,7 @@ pub struct BenchIoArgs {
     /// Total bytes (default 1G).
     #[arg(long = "io-total", default_value = "1G")]
     pub io_total: String,
-    /// seq or rand.
+    /// seq, rand or full-seq.
     #[arg(long = "io-pattern", value_enum, default_value_t = IoPattern::Seq)]
     pub io_pattern: IoPattern,
     /// Read percentage for readwrite (default 50).
@@ -398,6 +398,10 @@ pub enum IoPattern {
     Seq,
     /// Random.
     Rand,
+    /// Sequential over the whole image, threads interleaved (rbd's
+    /// `full-seq`; rbd-row's `seq` issues the same offsets).
+    #[value(name = "full-seq")]
+    FullSeq,
 }
 
 /// `snap` verbs.

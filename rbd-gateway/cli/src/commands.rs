@@ -597,6 +597,11 @@ async fn bench(
             io_threads: io.io_threads,
             io_total,
             random: io.io_pattern == IoPattern::Rand,
+            pattern: match io.io_pattern {
+                IoPattern::Rand => "random",
+                IoPattern::Seq => "sequential",
+                IoPattern::FullSeq => "full sequential",
+            },
             rw_mix_read: io.rw_mix_read,
         },
         out,

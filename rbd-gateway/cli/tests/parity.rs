@@ -505,6 +505,17 @@ fn bench_write_is_bench_io_type_write() {
     let out = t.ok_str(&["bench-write", "--io-total", "128K", "img"]);
     assert!(out.contains("pattern sequential"), "{out}");
     assert!(out.contains("ops: 32 "), "{out}");
+    // rbd's third pattern.
+    let out = t.ok_str(&[
+        "bench-write",
+        "--io-total",
+        "64K",
+        "--io-pattern",
+        "full-seq",
+        "img",
+    ]);
+    assert!(out.contains("pattern full sequential"), "{out}");
+    assert!(out.contains("ops: 16 "), "{out}");
     // rbd's bench-write has no --io-type.
     t.fails(&["bench-write", "--io-type", "read", "img"], 22);
     assert!(ok_str(rbd_row(), &["bench-write", "--help"]).contains("Example:"));
