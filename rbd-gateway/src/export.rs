@@ -2,24 +2,24 @@
 //! an NBD export.
 //!
 //! Block status is answered from the image map only (no data object is
-//! read):
+//! read), over the requested window only, so its cost follows the request,
+//! not the image, and every answer reflects every acknowledged write:
 //!
-//! * `base:allocation` — grains holding data at this view are reported as
-//!   data (flags 0), everything else as `HOLE|ZERO`. The grain set is the one
-//!   [`Image::diff`]`(None)` lists as `exists = true` (taken from
-//!   [`Image::changed_grains`]`(None)` so that it can be intersected with the
-//!   requested window instead of materialising every extent).
+//! * `base:allocation` — bytes holding data at this view are reported as
+//!   data (flags 0), everything else (zeroed, discarded, never written) as
+//!   `HOLE|ZERO`, from [`Image::allocation`] (the per-object resolution,
+//!   cached or walked over the window). Sparse structured reads ask this
+//!   for every read.
 //! * `rbd-row:diff:<snap-or-bookmark>` and its alias
 //!   `qemu:dirty-bitmap:<snap-or-bookmark>` — bit 0 ([`DIRTY`]) set on grains
-//!   changed since that snapshot/bookmark. The changed set is computed once
-//!   per export handle (the registry hands every connection its own handle)
-//!   and cached, so a connection sees a stable bitmap.
-
-use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+//!   changed since that snapshot/bookmark, from
+//!   [`Image::changed_grains_in`] over the window. Nothing is cached per
+//!   connection: a write, trim or zero through any connection shows in the
+//!   next query.
 
 use bytes::Bytes;
 use roaring::RoaringTreemap;
+use row_layer::allocation::{AllocExtent, AllocKind};
 use row_layer::{ErrorKind, Image};
 use row_nbd::proto::{BASE_ALLOCATION, STATE_HOLE, STATE_ZERO};
 use row_nbd::{
@@ -64,7 +64,6 @@ pub struct ImageExport {
     image: Image,
     name: String,
     read_only: bool,
-    dirty: Mutex<HashMap<String, Arc<RoaringTreemap>>>,
 }
 
 impl ImageExport {
@@ -76,7 +75,6 @@ impl ImageExport {
             image,
             name: name.into(),
             read_only,
-            dirty: Mutex::new(HashMap::new()),
         }
     }
 
@@ -116,21 +114,6 @@ impl ImageExport {
         }
     }
 
-    /// Grains changed since `base`, computed on first use and cached.
-    fn dirty_set(&self, base: &str) -> ExportResult<Arc<RoaringTreemap>> {
-        let mut cache = self.dirty.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(s) = cache.get(base) {
-            return Ok(s.clone());
-        }
-        let (changed, _) = self
-            .image
-            .changed_grains(Some(base))
-            .map_err(export_error)?;
-        let s = Arc::new(changed);
-        cache.insert(base.to_owned(), s.clone());
-        Ok(s)
-    }
-
     fn status(&self, context: &str, off: u64, len: u32) -> ExportResult<Vec<Extent>> {
         let size = self.image.size();
         let end = off.saturating_add(u64::from(len)).min(size);
@@ -139,10 +122,16 @@ impl ImageExport {
         }
         let gs = self.image.geometry().grain_size;
         if context == BASE_ALLOCATION {
-            let (_, data) = self.image.changed_grains(None).map_err(export_error)?;
-            extents_from_grains(&data, gs, off, end, 0, STATE_HOLE | STATE_ZERO)
+            let alloc = self
+                .image
+                .allocation(off, end - off)
+                .map_err(export_error)?;
+            extents_from_allocation(&alloc)
         } else if let Some(base) = diff_base(context) {
-            let dirty = self.dirty_set(base)?;
+            let dirty = self
+                .image
+                .changed_grains_in(base, off, end - off)
+                .map_err(export_error)?;
             extents_from_grains(&dirty, gs, off, end, DIRTY, 0)
         } else {
             Err(ExportError::invalid(format!(
@@ -150,6 +139,35 @@ impl ImageExport {
             )))
         }
     }
+}
+
+/// `base:allocation` descriptors of an [`Image::allocation`] answer: data
+/// is 0, everything that reads as zeros `HOLE|ZERO`; equal neighbours
+/// merged; at most [`MAX_EXTENTS`] descriptors (a prefix of the range).
+pub(crate) fn extents_from_allocation(alloc: &[AllocExtent]) -> ExportResult<Vec<Extent>> {
+    let mut out: Vec<Extent> = Vec::new();
+    for e in alloc {
+        let flags = match e.kind {
+            AllocKind::Data => 0,
+            AllocKind::Zero | AllocKind::Unallocated => STATE_HOLE | STATE_ZERO,
+        };
+        let l = u32::try_from(e.length).map_err(|_| ExportError::overflow("extent too long"))?;
+        match out.last_mut() {
+            Some(last) if last.flags == flags => {
+                last.length = last
+                    .length
+                    .checked_add(l)
+                    .ok_or_else(|| ExportError::overflow("extent too long"))?;
+            }
+            _ => {
+                if out.len() >= MAX_EXTENTS {
+                    break;
+                }
+                out.push(Extent::new(l, flags));
+            }
+        }
+    }
+    Ok(out)
 }
 
 /// Describes `[off, end)` at grain granularity: bytes in grains of `set`
@@ -333,6 +351,7 @@ mod tests {
     use super::*;
     use row_layer::backend::mem::MemBackend;
     use row_layer::{CreateOptions, Store};
+    use std::sync::Arc;
 
     fn set(gs: &[u64]) -> RoaringTreemap {
         gs.iter().copied().collect()
@@ -413,6 +432,41 @@ mod tests {
             dirty,
             vec![Extent::new(4096, 1), Extent::new((1 << 20) - 4096, 0)]
         );
+        // Answers follow later writes and zeroing (nothing is cached).
+        ex.write(65536, Bytes::from(vec![1u8; 4096]), false)
+            .await
+            .unwrap();
+        ex.trim(8192, 4096, false).await.unwrap();
+        let dirty = ex
+            .block_status("qemu:dirty-bitmap:s1", 0, 1 << 17)
+            .await
+            .unwrap();
+        assert_eq!(
+            dirty,
+            vec![
+                Extent::new(4096, 1),
+                Extent::new(4096, 0),
+                Extent::new(4096, 1),
+                Extent::new(65536 - 3 * 4096, 0),
+                Extent::new(4096, 1),
+                Extent::new(65536 - 4096, 0),
+            ]
+        );
+        let alloc = ex
+            .block_status(BASE_ALLOCATION, 4096, 1 << 17)
+            .await
+            .unwrap();
+        assert_eq!(
+            alloc,
+            vec![
+                Extent::new(65536 - 4096, 3),
+                Extent::new(4096, 0),
+                Extent::new(65536, 3),
+            ]
+        );
+        // Past the end: a clear error, not a panic.
+        let e = ex.block_status(BASE_ALLOCATION, 1 << 20, 1).await;
+        assert_eq!(e.unwrap(), vec![]);
         let e = ex.block_status("nope", 0, 10).await.unwrap_err();
         assert_eq!(e.errno, row_nbd::NbdErrno::Inval);
 

@@ -16,6 +16,7 @@ pub mod ids;
 pub use error::{Error, ErrorKind, Result};
 pub use ids::{Epoch, GrainIdx, ImageId, ObjectNo, SnapId};
 
+pub mod allocation;
 pub(crate) mod check;
 pub mod diff;
 mod flatten;
