@@ -231,6 +231,11 @@ pub async fn run_gateway(
     if let Some(addr) = gw.metrics_addr() {
         info!(%addr, "serving metrics at /metrics");
     }
+    info!(
+        max_connections = gw.server.limits.max_connections(),
+        max_buffered_bytes = gw.server.limits.max_buffered_bytes(),
+        "NBD limits"
+    );
     match &gw.server.tls {
         Some(t) if t.acceptor.is_some() => info!(required = t.required, "TLS enabled"),
         _ => {}

@@ -237,3 +237,86 @@ fn binary_tls_stops_on_sigterm_with_connections_open() {
         img.close().await.expect("close");
     });
 }
+
+/// `--max-connections` and `--max-buffered-bytes` reach the server: with a
+/// limit of one, a second client is closed without a greeting and the
+/// refusal is logged.
+#[test]
+fn binary_connection_limit_flags() {
+    use std::io::Read;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store_dir = dir.path().join("store");
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    rt.block_on(async {
+        let store = pool_store(&local_stores(&store_dir), "rbd").await;
+        create_image(&store, "disk", 4 * MIB).await;
+    });
+    let port = free_port();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_rbd-gateway"))
+        .args([
+            "--listen",
+            &format!("127.0.0.1:{port}"),
+            "--export",
+            "disk",
+            "--max-connections",
+            "1",
+            "--max-buffered-bytes",
+            "1M",
+        ])
+        .env("RBD_ROW_STORE", &store_dir)
+        .env("RUST_LOG", "info")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn rbd-gateway");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    // The first client gets the greeting (NBDMAGIC, IHAVEOPT, flags).
+    let mut first = loop {
+        if let Ok(s) = std::net::TcpStream::connect(("127.0.0.1", port)) {
+            break s;
+        }
+        assert!(Instant::now() < deadline, "gateway did not start listening");
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    first
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .expect("timeout");
+    let mut greeting = [0u8; 18];
+    first.read_exact(&mut greeting).expect("greeting");
+    assert_eq!(&greeting[..8], b"NBDMAGIC");
+    // The second is closed without one.
+    let mut second = std::net::TcpStream::connect(("127.0.0.1", port)).expect("connect");
+    second
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .expect("timeout");
+    let mut buf = [0u8; 18];
+    match second.read(&mut buf) {
+        Ok(0) | Err(_) => {}
+        Ok(n) => panic!("refused client got {n} bytes"),
+    }
+    drop((first, second));
+    run_ok("kill", &["-TERM", &child.id().to_string()]);
+    let status = loop {
+        if let Some(s) = child.try_wait().expect("wait") {
+            break s;
+        }
+        assert!(Instant::now() < deadline, "gateway did not exit on SIGTERM");
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let mut stderr = String::new();
+    if let Some(mut e) = child.stderr.take() {
+        let _ = e.read_to_string(&mut stderr);
+    }
+    assert!(status.success(), "exit status {status}; stderr:\n{stderr}");
+    assert!(
+        stderr.contains("max_connections=1") && stderr.contains("max_buffered_bytes=1048576"),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains("refusing NBD connection: connection limit reached"),
+        "{stderr}"
+    );
+}

@@ -51,7 +51,8 @@ pub use backend::{
 };
 pub use metrics::{ExportMetrics, Metrics, Op, OpStats, LATENCY_BUCKETS};
 pub use server::{
-    serve, serve_connection, AsyncStream, BoxStream, ServerConfig, TlsAcceptor, TlsConfig,
+    serve, serve_connection, AsyncStream, BoxStream, ServerConfig, ServerLimits, TlsAcceptor,
+    TlsConfig, DEFAULT_MAX_BUFFERED_BYTES, DEFAULT_MAX_CONNECTIONS,
 };
 
 /// Re-exported so backends can name the future type without depending on `futures`.

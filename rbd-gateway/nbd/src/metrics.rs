@@ -157,6 +157,7 @@ pub struct Metrics {
     accepted: AtomicU64,
     active: AtomicI64,
     handshake_failures: AtomicU64,
+    refused: AtomicU64,
 }
 
 impl Metrics {
@@ -186,6 +187,14 @@ impl Metrics {
     /// (client aborts included).
     pub fn handshake_failures(&self) -> u64 {
         self.handshake_failures.load(Ordering::Relaxed)
+    }
+    /// Connections closed right after `accept` because the server had
+    /// [`crate::ServerLimits::max_connections`] open already.
+    pub fn refused(&self) -> u64 {
+        self.refused.load(Ordering::Relaxed)
+    }
+    pub(crate) fn conn_refused(&self) {
+        self.refused.fetch_add(1, Ordering::Relaxed);
     }
     pub(crate) fn conn_accepted(&self) {
         self.accepted.fetch_add(1, Ordering::Relaxed);
@@ -220,6 +229,13 @@ impl Metrics {
             "Open connections (any phase)",
         );
         let _ = writeln!(w, "nbd_connections_active {}", self.active());
+        header(
+            w,
+            "nbd_connections_refused_total",
+            "counter",
+            "Connections closed at accept: connection limit reached",
+        );
+        let _ = writeln!(w, "nbd_connections_refused_total {}", self.refused());
         header(
             w,
             "nbd_handshake_failures_total",

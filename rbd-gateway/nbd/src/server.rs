@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use futures::future::BoxFuture;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpListener;
-use tokio::sync::watch;
+use tokio::sync::{watch, OwnedSemaphorePermit, Semaphore};
 use tokio::task::JoinSet;
 use tracing::{debug, info, warn};
 
@@ -47,6 +47,81 @@ pub struct TlsConfig {
     pub acceptor: Option<Arc<dyn TlsAcceptor>>,
 }
 
+/// Limits shared by every connection of a server: how many connections may
+/// be open at once, and how many READ/WRITE payload bytes all of them
+/// together may buffer. Clones of a [`ServerConfig`] share one
+/// `Arc<ServerLimits>`, so several listeners served from clones of one
+/// config (as the gateway does) share the limits too.
+pub struct ServerLimits {
+    max_connections: usize,
+    connections: Arc<Semaphore>,
+    max_buffered_bytes: u64,
+    /// Permits = bytes; a request takes `min(its payload, max_buffered_bytes)`.
+    bytes: Arc<Semaphore>,
+}
+
+/// Default of [`ServerLimits::max_connections`].
+pub const DEFAULT_MAX_CONNECTIONS: usize = 128;
+/// Default of [`ServerLimits::max_buffered_bytes`] (512 MiB).
+pub const DEFAULT_MAX_BUFFERED_BYTES: u64 = 512 << 20;
+
+impl ServerLimits {
+    /// At most `max_connections` open connections (any phase; more are
+    /// closed right after `accept`, with a log line) and at most
+    /// `max_buffered_bytes` of READ/WRITE payload buffered by all
+    /// connections together (a connection waits for budget before it reads
+    /// a write's payload or starts a read). Zero is taken as one.
+    pub fn new(max_connections: usize, max_buffered_bytes: u64) -> Self {
+        let max_connections = max_connections.clamp(1, Semaphore::MAX_PERMITS);
+        let max_buffered_bytes = max_buffered_bytes.clamp(1, Semaphore::MAX_PERMITS as u64);
+        ServerLimits {
+            max_connections,
+            connections: Arc::new(Semaphore::new(max_connections)),
+            max_buffered_bytes,
+            bytes: Arc::new(Semaphore::new(max_buffered_bytes as usize)),
+        }
+    }
+
+    /// The connection limit.
+    pub fn max_connections(&self) -> usize {
+        self.max_connections
+    }
+
+    /// The global budget of buffered payload bytes.
+    pub fn max_buffered_bytes(&self) -> u64 {
+        self.max_buffered_bytes
+    }
+
+    /// Connections currently admitted.
+    pub fn connections(&self) -> usize {
+        self.max_connections - self.connections.available_permits()
+    }
+
+    /// Payload bytes currently reserved by requests of all connections.
+    pub fn buffered_bytes(&self) -> u64 {
+        self.max_buffered_bytes - self.bytes.available_permits() as u64
+    }
+
+    /// A connection slot, if one is free.
+    pub(crate) fn try_admit(&self) -> Option<OwnedSemaphorePermit> {
+        self.connections.clone().try_acquire_owned().ok()
+    }
+
+    /// The shared byte budget and the most one request may take from it.
+    pub(crate) fn byte_budget(&self) -> (Arc<Semaphore>, u32) {
+        (
+            self.bytes.clone(),
+            u32::try_from(self.max_buffered_bytes).unwrap_or(u32::MAX),
+        )
+    }
+}
+
+impl Default for ServerLimits {
+    fn default() -> Self {
+        ServerLimits::new(DEFAULT_MAX_CONNECTIONS, DEFAULT_MAX_BUFFERED_BYTES)
+    }
+}
+
 /// Server configuration.
 #[derive(Clone)]
 pub struct ServerConfig {
@@ -56,7 +131,11 @@ pub struct ServerConfig {
     pub max_in_flight: usize,
     /// Upper bound on READ/WRITE payload bytes buffered per connection
     /// (default 256 MiB); a request larger than this still runs, alone.
+    /// All connections together are bounded by [`ServerConfig::limits`].
     pub max_in_flight_bytes: u32,
+    /// Connection limit and global byte budget, shared by every connection
+    /// (and by clones of this config). Default: 128 connections, 512 MiB.
+    pub limits: Arc<ServerLimits>,
     /// Time allowed for the whole handshake phase (default 30 s).
     pub handshake_timeout: Duration,
     /// How long [`serve`] waits for connections to drain after shutdown.
@@ -78,6 +157,7 @@ impl Default for ServerConfig {
             max_payload: 32 << 20,
             max_in_flight: 64,
             max_in_flight_bytes: 256 << 20,
+            limits: Arc::new(ServerLimits::default()),
             handshake_timeout: Duration::from_secs(30),
             drain_timeout: Duration::from_secs(30),
             sparse_reads: true,
@@ -110,12 +190,20 @@ pub async fn serve(
             Some(_) = conns.join_next(), if !conns.is_empty() => {}
             accepted = listener.accept() => match accepted {
                 Ok((sock, peer)) => {
+                    let Some(slot) = config.limits.try_admit() else {
+                        config.metrics.conn_refused();
+                        warn!(%peer, limit = config.limits.max_connections(),
+                            "refusing NBD connection: connection limit reached");
+                        drop(sock);
+                        continue;
+                    };
                     let _ = sock.set_nodelay(true);
                     let registry = registry.clone();
                     let config = config.clone();
                     let stop = stop_rx.clone();
                     conns.spawn(async move {
                         serve_connection(sock, peer.to_string(), registry, config, stop).await;
+                        drop(slot);
                     });
                 }
                 Err(e) => {

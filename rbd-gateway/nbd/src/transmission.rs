@@ -96,6 +96,9 @@ pub(crate) async fn transmission(
     let slots = Arc::new(Semaphore::new(in_flight));
     let byte_budget = cfg.max_in_flight_bytes.max(1);
     let bytes = Arc::new(Semaphore::new(byte_budget as usize));
+    // Shared by every connection: waited for after this connection's own
+    // budget, before a write's payload is read or a read is started.
+    let (global_bytes, global_max) = cfg.limits.byte_budget();
     let mut stats = ConnStats::default();
 
     let result: io::Result<()> = loop {
@@ -138,6 +141,14 @@ pub(crate) async fn transmission(
         let Ok(bytes_permit) = bytes.clone().acquire_many_owned(cost).await else {
             break Ok(());
         };
+        let global_permit = tokio::select! {
+            biased;
+            _ = wait_true(&mut shutdown) => break Ok(()),
+            p = global_bytes.clone().acquire_many_owned(cost.min(global_max)) => match p {
+                Ok(p) => p,
+                Err(_) => break Ok(()),
+            },
+        };
         let mut payload = None;
         if req.typ == CMD_WRITE {
             if req.len > ctx.max_payload {
@@ -171,7 +182,7 @@ pub(crate) async fn transmission(
             let reply = process(&ctx, req, payload).await;
             // The writer is gone only if the connection is dead.
             let _ = tx.send(reply).await;
-            drop((permit, bytes_permit));
+            drop((permit, bytes_permit, global_permit));
         });
     };
     // Let every in-flight request finish and its reply go out, then close.

@@ -71,6 +71,33 @@ struct Args {
     /// Offer TLS but also serve plain-text clients.
     #[arg(long, requires = "tls_cert")]
     tls_optional: bool,
+    /// Most NBD connections open at once, over all listeners; more are
+    /// closed right after accept (and logged).
+    #[arg(long, value_name = "N", default_value_t = row_nbd::DEFAULT_MAX_CONNECTIONS,
+          value_parser = parse_max_connections)]
+    max_connections: usize,
+    /// Most READ/WRITE payload bytes buffered by all connections together
+    /// (K/M/G suffixes); a connection waits for budget before reading a
+    /// write's payload or starting a read. Each connection also stays
+    /// within 256 MiB.
+    #[arg(long, value_name = "SIZE", default_value = "512M", value_parser = parse_budget)]
+    max_buffered_bytes: u64,
+}
+
+fn parse_max_connections(s: &str) -> Result<usize, String> {
+    match s.parse::<usize>() {
+        Ok(0) => Err("must be at least 1".to_owned()),
+        Ok(n) => Ok(n),
+        Err(e) => Err(e.to_string()),
+    }
+}
+
+fn parse_budget(s: &str) -> Result<u64, String> {
+    match rbd_row_cli::size::parse_size(s, 1) {
+        Ok(0) => Err("must be at least 1 byte".to_owned()),
+        Ok(n) => Ok(n),
+        Err(e) => Err(e.message.trim_start_matches("rbd-row: ").to_owned()),
+    }
 }
 
 fn resolve(addr: &str) -> anyhow::Result<SocketAddr> {
@@ -163,5 +190,9 @@ async fn main() -> anyhow::Result<()> {
     config.read_only = args.read_only;
     config.metrics_listen = args.metrics.as_deref().map(resolve).transpose()?;
     config.server.tls = tls;
+    config.server.limits = Arc::new(row_nbd::ServerLimits::new(
+        args.max_connections,
+        args.max_buffered_bytes,
+    ));
     run_gateway(config, shutdown_signal()).await
 }
