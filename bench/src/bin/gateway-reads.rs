@@ -1,0 +1,376 @@
+//! Random 4 KiB reads through the NBD gateway as snapshots accumulate
+//! (issue 9 item 1): one gateway serves an image that gets snapshots and a
+//! control image that never does, both with the same writes; the reads
+//! alternate between the two so machine noise hits both, and the printed
+//! ratio image/control per snapshot count shows what snapshots cost on the
+//! gateway's read path (structured replies, so every read asks the export
+//! for `base:allocation` to send holes).
+//!
+//! ```sh
+//! # local store in a temporary directory (no Ceph needed)
+//! cargo run -p rbd-row-bench --bin gateway-reads -- --size 1G --steps 0,4,16
+//! # Ceph (same store flags as rbd-gateway)
+//! cargo run --release -p rbd-row-bench --bin gateway-reads -- -c /etc/ceph/ceph.conf --pool rbd
+//! ```
+//! `--client fio` uses fio's nbd engine (libnbd) instead of the built-in
+//! pipelined client.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{anyhow, bail, ensure, Context};
+use clap::{Parser, ValueEnum};
+use rand::{rngs::SmallRng, Rng, SeedableRng};
+use rbd_gateway::{ExportSelection, Gateway, GatewayConfig};
+use rbd_row_cli::store_select::{self, StoreArgs, StoreTarget, Stores};
+use row_layer::{CreateOptions, Image};
+use row_nbd::proto::*;
+use tokio::io::{AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio::net::TcpStream;
+use tokio::sync::Semaphore;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+enum ClientKind {
+    /// The built-in pipelined NBD client (structured replies).
+    Native,
+    /// fio's nbd engine.
+    Fio,
+}
+
+#[derive(Parser)]
+struct Args {
+    /// Store selection as for rbd-gateway; without any, a local store in a
+    /// temporary directory.
+    #[command(flatten)]
+    store: StoreArgs,
+    /// Pool of the images.
+    #[arg(long, default_value = "rbd")]
+    pool: String,
+    /// Size of each image (K/M/G/T suffixes).
+    #[arg(long, default_value = "1G")]
+    size: String,
+    /// Snapshot counts to measure at.
+    #[arg(long, value_delimiter = ',', default_value = "0,1,4,16")]
+    steps: Vec<u32>,
+    /// Random 4 KiB grains written to both images before the first step.
+    #[arg(long, default_value_t = 20000)]
+    written: u64,
+    /// Random 4 KiB writes to both images after each snapshot.
+    #[arg(long, default_value_t = 500)]
+    churn: u64,
+    /// Reads per measurement.
+    #[arg(long, default_value_t = 4000)]
+    ops: u64,
+    /// Reads in flight.
+    #[arg(long, default_value_t = 16)]
+    depth: usize,
+    /// Measurement rounds per step (each reads the image, then the control).
+    #[arg(long, default_value_t = 2)]
+    rounds: u32,
+    /// NBD client.
+    #[arg(long, value_enum, default_value = "native")]
+    client: ClientKind,
+}
+
+fn parse_size(s: &str) -> anyhow::Result<u64> {
+    rbd_row_cli::size::parse_size(s, 1).map_err(|e| anyhow!("--size: {}", e.message))
+}
+
+fn explicit_store(a: &StoreArgs) -> bool {
+    a.store.is_some()
+        || a.conf.is_some()
+        || a.id.is_some()
+        || a.name.is_some()
+        || a.keyring.is_some()
+        || a.cluster.is_some()
+}
+
+/// `n` random grain-aligned 4 KiB writes (seeded: both images get the same).
+async fn random_writes(img: &Image, n: u64, seed: u64) -> anyhow::Result<()> {
+    rbd_row_bench::random_writes(img, 4096, n, 16, seed).await?;
+    img.flush().await?;
+    Ok(())
+}
+
+/// A pipelined NBD client with structured replies.
+struct NbdClient {
+    rd: BufReader<tokio::net::tcp::OwnedReadHalf>,
+    wr: tokio::net::tcp::OwnedWriteHalf,
+}
+
+impl NbdClient {
+    async fn connect(addr: SocketAddr, export: &str) -> anyhow::Result<NbdClient> {
+        let s = TcpStream::connect(addr).await.context("connecting")?;
+        s.set_nodelay(true)?;
+        let (rd, wr) = s.into_split();
+        let mut c = NbdClient {
+            rd: BufReader::new(rd),
+            wr,
+        };
+        ensure!(c.rd.read_u64().await? == NBDMAGIC, "bad greeting");
+        ensure!(c.rd.read_u64().await? == IHAVEOPT, "bad greeting");
+        let _flags = c.rd.read_u16().await?;
+        c.wr.write_u32(FLAG_C_FIXED_NEWSTYLE | FLAG_C_NO_ZEROES)
+            .await?;
+        c.option(OPT_STRUCTURED_REPLY, &[]).await?;
+        let mut go = Vec::new();
+        go.extend_from_slice(&(export.len() as u32).to_be_bytes());
+        go.extend_from_slice(export.as_bytes());
+        go.extend_from_slice(&0u16.to_be_bytes());
+        c.option(OPT_GO, &go).await?;
+        Ok(c)
+    }
+
+    /// Sends an option and reads its replies up to the ACK.
+    async fn option(&mut self, opt: u32, data: &[u8]) -> anyhow::Result<()> {
+        let mut b = Vec::new();
+        b.extend_from_slice(&IHAVEOPT.to_be_bytes());
+        b.extend_from_slice(&opt.to_be_bytes());
+        b.extend_from_slice(&(data.len() as u32).to_be_bytes());
+        b.extend_from_slice(data);
+        self.wr.write_all(&b).await?;
+        loop {
+            ensure!(self.rd.read_u64().await? == OPT_REPLY_MAGIC, "bad reply");
+            let _opt = self.rd.read_u32().await?;
+            let typ = self.rd.read_u32().await?;
+            let len = self.rd.read_u32().await?;
+            let mut d = vec![0; len as usize];
+            self.rd.read_exact(&mut d).await?;
+            if typ == REP_ACK {
+                return Ok(());
+            }
+            ensure!(typ & (1 << 31) == 0, "option {opt} refused ({typ:#x})");
+        }
+    }
+
+    /// `ops` random 4 KiB reads over `[0, size)` with `depth` in flight.
+    async fn random_reads(
+        self,
+        size: u64,
+        ops: u64,
+        depth: usize,
+        seed: u64,
+    ) -> anyhow::Result<Duration> {
+        let NbdClient { mut rd, mut wr } = self;
+        let slots = size / 4096;
+        let window = Arc::new(Semaphore::new(depth));
+        let start = Instant::now();
+        let sender = {
+            let window = window.clone();
+            tokio::spawn(async move {
+                let mut rng = SmallRng::seed_from_u64(seed);
+                for h in 0..ops {
+                    window.acquire().await?.forget();
+                    let off = rng.gen_range(0..slots) * 4096;
+                    let mut b = [0u8; 28];
+                    b[..4].copy_from_slice(&REQUEST_MAGIC.to_be_bytes());
+                    b[6..8].copy_from_slice(&CMD_READ.to_be_bytes());
+                    b[8..16].copy_from_slice(&h.to_be_bytes());
+                    b[16..24].copy_from_slice(&off.to_be_bytes());
+                    b[24..28].copy_from_slice(&4096u32.to_be_bytes());
+                    wr.write_all(&b).await?;
+                }
+                Ok::<_, anyhow::Error>(wr)
+            })
+        };
+        let mut done = 0;
+        let mut payload = vec![0u8; 64 << 10];
+        while done < ops {
+            let magic = rd.read_u32().await?;
+            ensure!(
+                magic == STRUCTURED_REPLY_MAGIC,
+                "unexpected reply {magic:#x}"
+            );
+            let flags = rd.read_u16().await?;
+            let typ = rd.read_u16().await?;
+            let _handle = rd.read_u64().await?;
+            let len = rd.read_u32().await? as usize;
+            if payload.len() < len {
+                payload.resize(len, 0);
+            }
+            rd.read_exact(&mut payload[..len]).await?;
+            if typ == REPLY_TYPE_ERROR || typ == REPLY_TYPE_ERROR_OFFSET {
+                bail!("read failed on the server");
+            }
+            if flags & REPLY_FLAG_DONE != 0 {
+                done += 1;
+                window.add_permits(1);
+            }
+        }
+        let elapsed = start.elapsed();
+        let mut wr = sender.await??;
+        let mut b = [0u8; 28];
+        b[..4].copy_from_slice(&REQUEST_MAGIC.to_be_bytes());
+        b[6..8].copy_from_slice(&CMD_DISC.to_be_bytes());
+        wr.write_all(&b).await?;
+        Ok(elapsed)
+    }
+}
+
+/// Read IOPS of one measurement.
+async fn measure(
+    args: &Args,
+    addr: SocketAddr,
+    export: &str,
+    size: u64,
+    seed: u64,
+) -> anyhow::Result<f64> {
+    match args.client {
+        ClientKind::Native => {
+            let c = NbdClient::connect(addr, export).await?;
+            let t = c.random_reads(size, args.ops, args.depth, seed).await?;
+            Ok(args.ops as f64 / t.as_secs_f64().max(1e-9))
+        }
+        ClientKind::Fio => {
+            let uri = format!("nbd://{}:{}/{}", addr.ip(), addr.port(), export);
+            let mut cmd = std::process::Command::new("fio");
+            cmd.args([
+                "--name=gwreads",
+                "--ioengine=nbd",
+                &format!("--uri={uri}"),
+                "--rw=randread",
+                "--bs=4k",
+                &format!("--iodepth={}", args.depth),
+                &format!("--size={size}"),
+                &format!("--io_size={}", args.ops * 4096),
+                "--norandommap",
+                &format!("--randseed={seed}"),
+                "--output-format=terse",
+                "--terse-version=3",
+            ]);
+            let out = tokio::task::spawn_blocking(move || cmd.output())
+                .await?
+                .context("running fio")?;
+            ensure!(
+                out.status.success(),
+                "fio failed: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+            parse_fio_terse_read_iops(&String::from_utf8_lossy(&out.stdout))
+                .ok_or_else(|| anyhow!("cannot parse fio output"))
+        }
+    }
+}
+
+/// Read IOPS (field 8) of fio's terse v3 line.
+fn parse_fio_terse_read_iops(out: &str) -> Option<f64> {
+    let line = out.lines().find(|l| l.starts_with("3;"))?;
+    line.split(';').nth(7)?.parse().ok()
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    let size = parse_size(&args.size)?;
+    ensure!(size >= 1 << 20, "--size must be at least 1 MiB");
+    let mut _tmp = None;
+    let target = if explicit_store(&args.store) {
+        store_select::select(&args.store, &|k| std::env::var(k).ok())
+            .map_err(|e| anyhow!("{}", e.message))?
+    } else {
+        let t = tempfile::tempdir()?;
+        let dir: PathBuf = t.path().to_path_buf();
+        _tmp = Some(t);
+        StoreTarget::Local {
+            dir,
+            is_default: false,
+        }
+    };
+    let where_ = match &target {
+        StoreTarget::Local { dir, .. } => format!("local store {}", dir.display()),
+        StoreTarget::Ceph(_) => "Ceph".to_owned(),
+    };
+    let stores = Arc::new(Stores::new(target));
+    let store = stores
+        .get(&args.pool, "", true)
+        .await
+        .map_err(|e| anyhow!("{}", e.message))?
+        .ok_or_else(|| anyhow!("pool {} not found", args.pool))?;
+    let tag = std::process::id();
+    let (img_name, ctl_name) = (format!("gwr-img-{tag}"), format!("gwr-ctl-{tag}"));
+    for n in [&img_name, &ctl_name] {
+        store.create(n, CreateOptions::with_size(size)).await?;
+    }
+
+    let mut config = GatewayConfig::new(
+        stores.clone(),
+        ExportSelection::Only(vec![img_name.clone(), ctl_name.clone()]),
+    );
+    config.default_pool = args.pool.clone();
+    config.listen = vec!["127.0.0.1:0".parse()?];
+    let gw = Gateway::bind(config).await?;
+    let addr = gw.local_addrs()[0];
+    let registry = gw.registry();
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let server = tokio::spawn(gw.run(async move {
+        let _ = stop_rx.await;
+    }));
+    let img = registry
+        .image(&img_name)
+        .await
+        .map_err(|e| anyhow!("{e}"))?;
+    let ctl = registry
+        .image(&ctl_name)
+        .await
+        .map_err(|e| anyhow!("{e}"))?;
+
+    eprintln!(
+        "{where_}: writing {} random grains to both images...",
+        args.written
+    );
+    random_writes(&img, args.written, 1).await?;
+    random_writes(&ctl, args.written, 1).await?;
+    println!(
+        "# random 4 KiB NBD reads ({:?} client, {} in flight, {} per measurement, {} rounds), \
+         {} MiB images with {} written grains + {} per snapshot, {where_}",
+        args.client,
+        args.depth,
+        args.ops,
+        args.rounds,
+        size >> 20,
+        args.written,
+        args.churn
+    );
+    println!("snapshots  image_iops  control_iops  ratio(image/control)");
+    let mut taken = 0u32;
+    for &target in &args.steps {
+        while taken < target {
+            img.snap_create(&format!("s{taken}")).await?;
+            let seed = 100 + u64::from(taken);
+            random_writes(&img, args.churn, seed).await?;
+            random_writes(&ctl, args.churn, seed).await?;
+            taken += 1;
+        }
+        let (mut r, mut c) = (0.0, 0.0);
+        for round in 0..args.rounds {
+            let seed = 1000 * u64::from(round + 1) + u64::from(target);
+            r += measure(&args, addr, &img_name, size, seed).await? / f64::from(args.rounds);
+            c += measure(&args, addr, &ctl_name, size, seed).await? / f64::from(args.rounds);
+        }
+        println!("{target:>9}  {r:>10.0}  {c:>12.0}  {:>20.2}", r / c);
+    }
+
+    drop((img, ctl));
+    let _ = stop_tx.send(());
+    server.await??;
+    let img = store.open(&img_name).await?;
+    for s in img.snap_list() {
+        img.snap_remove(&s.name).await?;
+    }
+    img.close().await?;
+    store.remove(&img_name).await?;
+    store.remove(&ctl_name).await?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn parses_fio_terse() {
+        let line = "3;fio-3.33;gwreads;0;0;16000;5000;1250;3200;";
+        assert_eq!(super::parse_fio_terse_read_iops(line), Some(1250.0));
+        assert_eq!(super::parse_fio_terse_read_iops("nothing"), None);
+    }
+}
