@@ -17,6 +17,7 @@ use std::ffi::{c_int, c_void, CString};
 use std::ptr;
 use std::sync::mpsc;
 use std::sync::{Arc, Mutex, OnceLock};
+use std::time::Duration;
 use tokio::sync::oneshot;
 
 /// Everything an in-flight operation points into.
@@ -157,15 +158,32 @@ unsafe extern "C" fn on_complete(c: sys::rados_completion_t, arg: *mut c_void) {
 /// submission's return code. It must not touch the state after submitting.
 ///
 /// Returns the completed state (check `ret`), or the negative errno of a
-/// failed submission.
-pub(crate) async fn submit<F>(st: Box<OpState>, start: F) -> Result<Box<OpState>, c_int>
+/// failed submission, or `-ETIMEDOUT` if the completion has not fired
+/// within `timeout`. A timed-out operation is abandoned, exactly as if its
+/// future had been dropped: the callback frees its state whenever librados
+/// completes it (a write may still land).
+pub(crate) async fn submit<F>(
+    st: Box<OpState>,
+    timeout: Option<Duration>,
+    start: F,
+) -> Result<Box<OpState>, c_int>
 where
     F: FnOnce(*mut OpState, sys::rados_completion_t) -> c_int,
 {
     let rx = start_op(st, start)?;
     // The callback always sends while we wait; a closed channel would mean
     // librados dropped the completion without calling it.
-    rx.await.map_err(|_| -crate::error::errno::EIO)
+    let closed = |_| -crate::error::errno::EIO;
+    // The timer needs a tokio runtime (with its time driver, as every
+    // runtime of this repository has); outside one, wait without it.
+    let timeout = timeout.filter(|_| tokio::runtime::Handle::try_current().is_ok());
+    match timeout {
+        None => rx.await.map_err(closed),
+        Some(t) => match tokio::time::timeout(t, rx).await {
+            Ok(r) => r.map_err(closed),
+            Err(_) => Err(-crate::error::errno::ETIMEDOUT),
+        },
+    }
 }
 
 /// The synchronous part of [`submit`]: set up, submit, hand over.

@@ -17,6 +17,7 @@ use row_layer::{Error, ErrorKind, Result};
 use std::collections::HashMap;
 use std::ffi::{c_char, c_int, c_void, CString};
 use std::ptr;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::sync::{mpsc, oneshot};
@@ -28,16 +29,21 @@ const DIRECT_READ_MAX: u64 = 8 << 20;
 /// Largest xattr value `get_xattr` accepts.
 const XATTR_MAX: usize = 64 << 20;
 
-/// A watch this backend registered: the callback context and the task that
-/// acknowledges notifications.
+/// One watch of this backend, as its user sees it: it keeps its id while
+/// the librados watch under it is re-registered after errors.
 struct WatchEntry {
-    ctx: *mut WatchCtx,
+    /// The callback context (a `*mut WatchCtx`, as an integer so that the
+    /// entry is `Send`): shared by every registration of this watch, freed
+    /// once, after the last unwatch and a watch flush.
+    ctx: usize,
     oid: String,
+    /// The current librados watch cookie; `None` while unregistered.
+    cookie: Option<u64>,
+    /// Set by `unwatch`: no registration may be made any more.
+    closed: bool,
 }
 
-// SAFETY: the context pointer is owned by the entry and only freed once,
-// after unwatch + watch_flush.
-unsafe impl Send for WatchEntry {}
+type SharedEntry = Arc<Mutex<WatchEntry>>;
 
 /// The row-layer [`Backend`] on one RADOS pool and namespace.
 ///
@@ -49,8 +55,29 @@ pub struct RadosBackend {
     io: Arc<IoCtx>,
     pool: String,
     namespace: String,
-    watches: Arc<Mutex<HashMap<u64, WatchEntry>>>,
+    watches: Arc<Mutex<HashMap<u64, SharedEntry>>>,
+    next_watch_id: AtomicU64,
+    /// Watch timeout asked of the OSDs (`None`: their
+    /// `osd_client_watch_timeout`, 30 s by default).
+    watch_timeout: Option<Duration>,
+    /// Longest wait for one asynchronous operation (see `with_op_timeout`).
+    op_timeout: Option<Duration>,
+    stats: Arc<WatchStats>,
 }
+
+/// Counters of watch failures, for tests and metrics.
+#[derive(Debug, Default)]
+struct WatchStats {
+    errors: AtomicU64,
+    rewatches: AtomicU64,
+}
+
+/// How often a watch's health is checked with `rados_watch_check`, besides
+/// librados' error callback.
+const WATCH_CHECK_INTERVAL: Duration = Duration::from_secs(2);
+/// Backoff between attempts to re-register a broken watch.
+const REWATCH_BACKOFF_MIN: Duration = Duration::from_millis(100);
+const REWATCH_BACKOFF_MAX: Duration = Duration::from_secs(5);
 
 impl std::fmt::Debug for RadosBackend {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -282,13 +309,52 @@ impl RadosBackend {
         pool: String,
         namespace: String,
     ) -> RadosBackend {
+        let op_timeout = default_op_timeout(&cluster);
         RadosBackend {
             cluster,
             io,
             pool,
             namespace,
             watches: Arc::new(Mutex::new(HashMap::new())),
+            next_watch_id: AtomicU64::new(1),
+            watch_timeout: None,
+            op_timeout,
+            stats: Arc::new(WatchStats::default()),
         }
+    }
+
+    /// Bounds the wait for each asynchronous operation (read, stat, omap
+    /// read, write op): one whose completion has not fired after `timeout`
+    /// fails with a `Transient` error (`ETIMEDOUT`) and is abandoned (its
+    /// buffers stay with librados until it completes; a write may still
+    /// land). `None`: wait forever.
+    pub fn with_op_timeout(mut self, timeout: Option<Duration>) -> Self {
+        self.op_timeout = timeout;
+        self
+    }
+
+    /// The operation timeout in force (see [`RadosBackend::with_op_timeout`]).
+    pub fn op_timeout(&self) -> Option<Duration> {
+        self.op_timeout
+    }
+
+    /// Asks the OSDs to drop this client's watches when it has not pinged
+    /// them for `timeout` (whole seconds, at least 1; librados pings every
+    /// few seconds). Without it the OSDs use `osd_client_watch_timeout`.
+    pub fn with_watch_timeout(mut self, timeout: Duration) -> Self {
+        self.watch_timeout = Some(timeout);
+        self
+    }
+
+    /// How many watch errors (e.g. `ENOTCONN` after the OSD timed a watch
+    /// out) librados has reported to this backend.
+    pub fn watch_errors(&self) -> u64 {
+        self.stats.errors.load(Ordering::Relaxed)
+    }
+
+    /// How many times a broken watch was registered again.
+    pub fn rewatches(&self) -> u64 {
+        self.stats.rewatches.load(Ordering::Relaxed)
     }
 
     /// The cluster this backend's pool belongs to.
@@ -309,7 +375,7 @@ impl RadosBackend {
     /// Size and version, or `None` if the object does not exist.
     async fn stat_opt(&self, oid: &str) -> Result<Option<ObjectStat>> {
         let st = OpState::new(self.io.clone(), cstring(oid, "object name")?);
-        let st = submit(st, |raw, comp| {
+        let st = submit(st, self.op_timeout, |raw, comp| {
             // SAFETY: `raw` is the leaked state (stable address, owned by
             // the op until completion); the read op is stored in it and
             // released with it.
@@ -363,7 +429,7 @@ impl RadosBackend {
         }
         let mut st = OpState::new(self.io.clone(), cstring(oid, "object name")?);
         st.buf = Vec::with_capacity(len);
-        let st = submit(st, |raw, comp| {
+        let st = submit(st, self.op_timeout, |raw, comp| {
             // SAFETY: the buffer (capacity `len`) lives in the leaked state
             // until the completion has fired.
             unsafe {
@@ -400,7 +466,7 @@ impl RadosBackend {
             let want = (max - out.len()) as u64;
             let mut st = OpState::new(self.io.clone(), cstring(oid, "object name")?);
             st.strings = vec![cstring(&after, "omap key")?, c_prefix.clone()];
-            let st = submit(st, |raw, comp| {
+            let st = submit(st, self.op_timeout, |raw, comp| {
                 // SAFETY: out-parameters live in the leaked state; the strings
                 // are copied by librados.
                 unsafe {
@@ -524,7 +590,7 @@ impl RadosBackend {
         }
         let mut st = OpState::new(self.io.clone(), cstring(oid, "object name")?);
         build_write_op(&mut st, &op)?;
-        let st = submit(st, |raw, comp| {
+        let st = submit(st, self.op_timeout, |raw, comp| {
             // SAFETY: the write op and object name live in the leaked state.
             unsafe {
                 sys::rados_aio_write_op_operate(
@@ -688,81 +754,51 @@ impl RadosBackend {
         .await
     }
 
+    /// Registers a watch whose notifications go to a tokio task. The task
+    /// acknowledges them with the user's replies and, when librados reports
+    /// the watch broken (error callback, or `rados_watch_check` failing),
+    /// registers it again with backoff, as librbd does, under the same
+    /// user-visible id. Only a blocklisted client, or `unwatch`, ends it.
     async fn watch_impl(&self, oid: &str) -> Result<Watch> {
-        let c_oid = cstring(oid, "object name")?;
-        let (raw_tx, mut raw_rx) = mpsc::unbounded_channel::<WatchEvent>();
+        let (raw_tx, raw_rx) = mpsc::unbounded_channel::<WatchEvent>();
         // The context's address, as an integer so that the future stays Send.
-        let ctx_addr = Box::into_raw(Box::new(WatchCtx { tx: raw_tx })) as usize;
+        let ctx = Box::into_raw(Box::new(WatchCtx { tx: raw_tx })) as usize;
+        let entry: SharedEntry = Arc::new(Mutex::new(WatchEntry {
+            ctx,
+            oid: oid.to_string(),
+            cookie: None,
+            closed: false,
+        }));
         let io = self.io.clone();
-        let shown = format!("watch {oid}");
-        let cookie = blocking(move || {
-            let mut cookie = 0u64;
-            // SAFETY: valid ioctx and name; `ctx` stays allocated until
-            // unwatch + watch_flush (or is freed below if the watch failed).
-            let r = unsafe {
-                sys::rados_watch2(
-                    io.ptr(),
-                    c_oid.as_ptr(),
-                    &mut cookie,
-                    Some(on_notify),
-                    Some(on_watch_error),
-                    ctx_addr as *mut c_void,
-                )
-            };
-            if r < 0 {
-                // SAFETY: the watch was not registered; no callback can run.
-                drop(unsafe { Box::from_raw(ctx_addr as *mut WatchCtx) });
-                return Err(rados_error(r, &shown));
+        let timeout = watch_timeout_secs(self.watch_timeout);
+        let registered = {
+            let entry = entry.clone();
+            blocking(move || register_blocking(&io, &entry, timeout)).await
+        };
+        let cookie = match registered {
+            Ok(Some(c)) => c,
+            Ok(None) => return Err(io_closed(oid)),
+            Err(e) => {
+                // SAFETY: never registered: no callback can use the context.
+                drop(unsafe { Box::from_raw(ctx as *mut WatchCtx) });
+                return Err(e);
             }
-            Ok(cookie)
-        })
-        .await?;
-        lock_map(&self.watches).insert(
-            cookie,
-            WatchEntry {
-                ctx: ctx_addr as *mut WatchCtx,
-                oid: oid.to_string(),
-            },
-        );
+        };
+        let id = self.next_watch_id.fetch_add(1, Ordering::Relaxed);
+        lock_map(&self.watches).insert(id, entry.clone());
         let (user_tx, user_rx) = mpsc::unbounded_channel::<Notification>();
-        let io = self.io.clone();
-        let oid = oid.to_string();
-        tokio::spawn(async move {
-            while let Some(ev) = raw_rx.recv().await {
-                match ev {
-                    WatchEvent::Notify {
-                        notify_id,
-                        cookie,
-                        notifier_id,
-                        payload,
-                    } => {
-                        tracing::trace!(%oid, notify_id, cookie, notifier_id, "notification");
-                        let (reply_tx, reply_rx) = oneshot::channel::<Bytes>();
-                        let _ = user_tx.send(Notification {
-                            payload,
-                            reply: reply_tx,
-                        });
-                        let io = io.clone();
-                        let oid = oid.clone();
-                        tokio::spawn(async move {
-                            let reply = reply_rx.await.unwrap_or_default();
-                            ack(&io, &oid, notify_id, cookie, &reply);
-                        });
-                    }
-                    WatchEvent::Error { cookie, err } => {
-                        tracing::warn!(
-                            %oid,
-                            cookie,
-                            "watch failed: {}; closing its event channel",
-                            std::io::Error::from_raw_os_error(-err)
-                        );
-                        break;
-                    }
-                }
-            }
-        });
+        tokio::spawn(serve_watch(WatchTask {
+            io: self.io.clone(),
+            oid: oid.to_string(),
+            entry,
+            cookie,
+            timeout,
+            stats: self.stats.clone(),
+            raw_rx,
+            user_tx,
+        }));
         Ok(Watch {
-            id: cookie,
+            id,
             events: user_rx,
         })
     }
@@ -772,8 +808,164 @@ impl RadosBackend {
             return Ok(());
         };
         let io = self.io.clone();
-        blocking(move || unwatch_blocking(&io, watch_id, entry)).await
+        blocking(move || unwatch_blocking(&io, &entry)).await
     }
+}
+
+fn io_closed(oid: &str) -> Error {
+    io(format!("watch {oid} was closed while registering"))
+}
+
+/// What the task of one watch owns.
+struct WatchTask {
+    io: Arc<IoCtx>,
+    oid: String,
+    entry: SharedEntry,
+    /// The cookie of the current registration.
+    cookie: u64,
+    timeout: u32,
+    stats: Arc<WatchStats>,
+    raw_rx: mpsc::UnboundedReceiver<WatchEvent>,
+    user_tx: mpsc::UnboundedSender<Notification>,
+}
+
+/// Forwards notifications to the user and keeps the watch registered.
+/// Ends when the watch is unwatched (its context, holding the sender of
+/// `raw_rx`, is freed) or the client is blocklisted.
+async fn serve_watch(mut t: WatchTask) {
+    let mut check = tokio::time::interval(WATCH_CHECK_INTERVAL);
+    check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        let broken: Option<c_int> = tokio::select! {
+            ev = t.raw_rx.recv() => match ev {
+                None => return,
+                Some(WatchEvent::Notify { notify_id, cookie, notifier_id, payload }) => {
+                    tracing::trace!(oid = %t.oid, notify_id, cookie, notifier_id, "notification");
+                    let (reply_tx, reply_rx) = oneshot::channel::<Bytes>();
+                    let _ = t.user_tx.send(Notification {
+                        payload,
+                        reply: reply_tx,
+                    });
+                    let io = t.io.clone();
+                    let oid = t.oid.clone();
+                    tokio::spawn(async move {
+                        let reply = reply_rx.await.unwrap_or_default();
+                        ack(&io, &oid, notify_id, cookie, &reply);
+                    });
+                    None
+                }
+                // An error of an earlier registration is old news.
+                Some(WatchEvent::Error { cookie, err }) => (cookie == t.cookie).then_some(err),
+            },
+            _ = check.tick() => {
+                // Under the entry's lock, so that the cookie cannot be
+                // unwatched meanwhile (the call is local and quick).
+                let e = lock_map(&t.entry);
+                if e.closed {
+                    return;
+                }
+                // SAFETY: the current, registered cookie of this ioctx.
+                let r = unsafe { sys::rados_watch_check(t.io.ptr(), t.cookie) };
+                drop(e);
+                (r < 0).then_some(r)
+            }
+        };
+        let Some(err) = broken else { continue };
+        t.stats.errors.fetch_add(1, Ordering::Relaxed);
+        tracing::warn!(
+            oid = %t.oid,
+            cookie = t.cookie,
+            "watch failed: {}; registering it again",
+            std::io::Error::from_raw_os_error(err.saturating_abs())
+        );
+        let mut backoff = REWATCH_BACKOFF_MIN;
+        loop {
+            let (io, entry, timeout) = (t.io.clone(), t.entry.clone(), t.timeout);
+            match blocking(move || register_blocking(&io, &entry, timeout)).await {
+                Ok(Some(cookie)) => {
+                    t.cookie = cookie;
+                    t.stats.rewatches.fetch_add(1, Ordering::Relaxed);
+                    tracing::info!(oid = %t.oid, cookie, "watch registered again");
+                    break;
+                }
+                Ok(None) => return, // unwatched meanwhile
+                Err(e) if e.kind() == ErrorKind::Fenced => {
+                    tracing::error!(
+                        oid = %t.oid,
+                        "cannot register the watch again, this client is blocklisted: {e}; \
+                         closing its event channel"
+                    );
+                    return;
+                }
+                Err(e) => {
+                    tracing::warn!(oid = %t.oid, "registering the watch again: {e}; retrying in {backoff:?}");
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(REWATCH_BACKOFF_MAX);
+                }
+            }
+        }
+    }
+}
+
+/// (Re-)registers the watch of `entry`: drops its current registration, if
+/// any, and makes a new one with the same context. `Ok(None)` if the watch
+/// was closed. Runs on the blocking pool; holds the entry's lock so that
+/// `unwatch` cannot free the context meanwhile.
+fn register_blocking(io: &IoCtx, entry: &Mutex<WatchEntry>, timeout: u32) -> Result<Option<u64>> {
+    let mut e = lock_map(entry);
+    if e.closed {
+        return Ok(None);
+    }
+    if let Some(old) = e.cookie.take() {
+        // SAFETY: a cookie of this ioctx. Fails harmlessly (ENOTCONN,
+        // ENOENT) for a watch the OSD already dropped.
+        let r = unsafe { sys::rados_unwatch2(io.ptr(), old) };
+        if r < 0 {
+            tracing::debug!(oid = %e.oid, old, "unwatch of a broken watch: errno {}", -r);
+        }
+    }
+    let c_oid = cstring(&e.oid, "object name")?;
+    let mut cookie = 0u64;
+    // SAFETY: valid ioctx and name; the context stays allocated until the
+    // entry is closed, unwatched and flushed (unwatch_blocking).
+    let r = unsafe {
+        sys::rados_watch3(
+            io.ptr(),
+            c_oid.as_ptr(),
+            &mut cookie,
+            Some(on_notify),
+            Some(on_watch_error),
+            timeout,
+            e.ctx as *mut c_void,
+        )
+    };
+    if r < 0 {
+        return Err(rados_error(r, format_args!("watch {}", e.oid)));
+    }
+    e.cookie = Some(cookie);
+    Ok(Some(cookie))
+}
+
+/// How much longer than librados' own `rados_osd_op_timeout` the backend
+/// waits for a completion before giving up on it.
+const OP_TIMEOUT_MARGIN: Duration = Duration::from_secs(15);
+
+/// The default op timeout of a backend: librados' `rados_osd_op_timeout`
+/// plus a margin (librados should fail the op first; this catches a
+/// completion that never fires), or none if librados waits forever.
+fn default_op_timeout(cluster: &RadosCluster) -> Option<Duration> {
+    let secs: f64 = cluster
+        .conf_get("rados_osd_op_timeout")
+        .ok()
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(0.0);
+    (secs > 0.0 && secs.is_finite())
+        .then(|| Duration::from_secs_f64(secs.min(1e9)) + OP_TIMEOUT_MARGIN)
+}
+
+/// The `timeout` argument of `rados_watch3`: 0 lets the OSD choose.
+fn watch_timeout_secs(t: Option<Duration>) -> u32 {
+    t.map_or(0, |t| u32::try_from(t.as_secs().max(1)).unwrap_or(u32::MAX))
 }
 
 /// Acknowledges a notification (librados sends the ack asynchronously).
@@ -789,27 +981,34 @@ fn ack(io: &IoCtx, oid: &str, notify_id: u64, cookie: u64, reply: &[u8]) {
     }
 }
 
-/// Unregisters a watch, waits for its callbacks, frees its context.
-fn unwatch_blocking(io: &IoCtx, cookie: u64, entry: WatchEntry) -> Result<()> {
-    // SAFETY: the cookie came from rados_watch2 on this ioctx.
-    let r = unsafe { sys::rados_unwatch2(io.ptr(), cookie) };
+/// Unregisters a watch for good, waits for its callbacks, frees its context.
+fn unwatch_blocking(io: &IoCtx, entry: &Mutex<WatchEntry>) -> Result<()> {
+    let (cookie, ctx, oid) = {
+        let mut e = lock_map(entry);
+        if e.closed {
+            return Ok(());
+        }
+        e.closed = true;
+        (e.cookie.take(), e.ctx, e.oid.clone())
+    };
+    // SAFETY: the cookie came from rados_watch3 on this ioctx.
+    let r = cookie.map_or(0, |c| unsafe { sys::rados_unwatch2(io.ptr(), c) });
     // SAFETY: connected cluster; waits until no callback can still run.
     unsafe { sys::rados_watch_flush(io.cluster.ptr()) };
-    // SAFETY: unwatched and flushed: no callback holds the context.
-    drop(unsafe { Box::from_raw(entry.ctx) });
-    if r < 0 && r != -errno::ENOENT && r != -107
-    /* ENOTCONN: watch already broken */
-    {
-        return Err(rados_error(r, format_args!("unwatch {}", entry.oid)));
+    // SAFETY: closed (no new registration), unwatched and flushed: no
+    // callback holds the context.
+    drop(unsafe { Box::from_raw(ctx as *mut WatchCtx) });
+    if r < 0 && r != -errno::ENOENT && r != -errno::ENOTCONN {
+        return Err(rados_error(r, format_args!("unwatch {oid}")));
     }
     Ok(())
 }
 
 impl Drop for RadosBackend {
     fn drop(&mut self) {
-        let entries: Vec<(u64, WatchEntry)> = lock_map(&self.watches).drain().collect();
-        for (cookie, entry) in entries {
-            if let Err(e) = unwatch_blocking(&self.io, cookie, entry) {
+        let entries: Vec<(u64, SharedEntry)> = lock_map(&self.watches).drain().collect();
+        for (_, entry) in entries {
+            if let Err(e) = unwatch_blocking(&self.io, &entry) {
                 tracing::warn!("dropping RadosBackend: {e}");
             }
         }

@@ -8,6 +8,7 @@ use row_layer::Result;
 use std::ffi::{c_char, CStr, CString};
 use std::path::PathBuf;
 use std::ptr;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 /// How to reach a cluster. Every field is optional; the defaults are what
@@ -26,7 +27,10 @@ pub struct ClusterConfig {
     /// Cluster name (`ceph` if `None`); selects `$cluster.conf`.
     pub cluster_name: Option<String>,
     /// Further config options, set last (after the conf file and
-    /// `$CEPH_ARGS`), e.g. `("client_mount_timeout", "15")`.
+    /// `$CEPH_ARGS`), e.g. `("client_mount_timeout", "15")`. If none of
+    /// them sets `rados_osd_op_timeout` and it is 0 (wait forever) after the
+    /// conf file and `$CEPH_ARGS`, it is set to
+    /// [`DEFAULT_OSD_OP_TIMEOUT_SECS`].
     pub options: Vec<(String, String)>,
 }
 
@@ -34,6 +38,8 @@ pub struct ClusterConfig {
 pub(crate) struct ClusterInner {
     ptr: sys::rados_t,
     name: String,
+    /// Completed waits for the latest OSD map.
+    osdmap_waits: AtomicU64,
 }
 
 // SAFETY: a connected rados_t is internally synchronized; librados documents
@@ -149,6 +155,36 @@ unsafe fn take_rados_buffer(buf: *mut c_char, len: usize) -> Bytes {
     out
 }
 
+/// `rados_osd_op_timeout` set by [`RadosCluster::connect`] when neither the
+/// config file, `$CEPH_ARGS` nor [`ClusterConfig::options`] set one.
+pub const DEFAULT_OSD_OP_TIMEOUT_SECS: u64 = 120;
+
+/// Whether config option name `k` is `name` (Ceph treats `_`, `-` and ` `
+/// alike).
+fn is_option(k: &str, name: &str) -> bool {
+    k.trim().replace(['-', ' '], "_") == name
+}
+
+/// `rados_conf_get` into a string.
+fn conf_get(ptr: sys::rados_t, option: &str) -> Result<String> {
+    let c_opt = cstring(option, "config option")?;
+    let mut cap = 256usize;
+    loop {
+        let mut buf = vec![0u8; cap];
+        // SAFETY: valid handle and option name; a buffer of `cap` bytes.
+        let r = unsafe {
+            sys::rados_conf_get(ptr, c_opt.as_ptr(), buf.as_mut_ptr().cast::<c_char>(), cap)
+        };
+        if r == -crate::error::errno::ENAMETOOLONG && cap < (1 << 20) {
+            cap *= 8;
+            continue;
+        }
+        check(r, format_args!("reading config option {option}"))?;
+        let len = buf.iter().position(|b| *b == 0).unwrap_or(buf.len());
+        return Ok(String::from_utf8_lossy(&buf[..len]).into_owned());
+    }
+}
+
 fn json_string(s: &str) -> String {
     let mut out = String::with_capacity(s.len() + 2);
     out.push('"');
@@ -194,6 +230,7 @@ impl RadosCluster {
         let inner = Arc::new(ClusterInner {
             ptr,
             name: name.clone(),
+            osdmap_waits: AtomicU64::new(0),
         });
         let conf = match &config.conf_path {
             Some(p) => Some(cstring(
@@ -224,6 +261,21 @@ impl RadosCluster {
             opts.push(("keyring".into(), k.into()));
         }
         opts.extend(config.options.iter().cloned());
+        // Bound every OSD op unless the caller chose: librados' default (0)
+        // waits forever for an op to an OSD that never answers.
+        if !opts
+            .iter()
+            .any(|(k, _)| is_option(k, "rados_osd_op_timeout"))
+            && conf_get(ptr, "rados_osd_op_timeout")
+                .ok()
+                .and_then(|v| v.trim().parse::<f64>().ok())
+                == Some(0.0)
+        {
+            opts.push((
+                "rados_osd_op_timeout".into(),
+                DEFAULT_OSD_OP_TIMEOUT_SECS.to_string(),
+            ));
+        }
         for (k, v) in &opts {
             let ck = cstring(k, "config option")?;
             let cv = cstring(v, "config value")?;
@@ -261,6 +313,12 @@ impl RadosCluster {
             Ok(RadosBackend::new(cluster, ioctx, pool, namespace))
         })
         .await
+    }
+
+    /// The value of a librados config option of this handle (e.g.
+    /// `rados_osd_op_timeout`).
+    pub fn conf_get(&self, option: &str) -> Result<String> {
+        conf_get(self.inner.ptr, option)
     }
 
     /// The client entity this handle authenticated as.
@@ -332,12 +390,38 @@ impl RadosCluster {
 
     /// Blocklists (fences) a client address, e.g. another client's
     /// [`RadosCluster::instance_addr`]; its further I/O fails with `Fenced`.
+    ///
+    /// Returns only once this client has the OSD map that carries the
+    /// blocklist entry (`rados_wait_for_latest_osdmap`, as librados' own
+    /// `blocklist_add` and librbd's lock breaking do): every later op of this
+    /// client carries that epoch, and an OSD handles it only once it has the
+    /// map too, so no op of the fenced client can land after it.
     pub async fn blocklist_add(&self, addr: &str) -> Result<()> {
         let cmd = format!(
             "{{\"prefix\":\"osd blocklist\",\"blocklistop\":\"add\",\"addr\":{}}}",
             json_string(addr)
         );
-        self.mon_command(&cmd).await.map(|_| ())
+        self.mon_command(&cmd).await?;
+        self.wait_for_latest_osdmap().await
+    }
+
+    /// Waits until this client has the newest OSD map the monitors have.
+    pub async fn wait_for_latest_osdmap(&self) -> Result<()> {
+        let cluster = self.inner.clone();
+        blocking(move || {
+            // SAFETY: connected handle.
+            let r = unsafe { sys::rados_wait_for_latest_osdmap(cluster.ptr) };
+            check(r, "waiting for the latest OSD map")?;
+            cluster.osdmap_waits.fetch_add(1, Ordering::Relaxed);
+            Ok(())
+        })
+        .await
+    }
+
+    /// How many waits for the latest OSD map (one per
+    /// [`RadosCluster::blocklist_add`]) this handle has completed.
+    pub fn osdmap_waits(&self) -> u64 {
+        self.inner.osdmap_waits.load(Ordering::Relaxed)
     }
 
     /// Removes an address from the blocklist.

@@ -11,7 +11,9 @@ pub(crate) mod errno {
     pub(crate) const EBUSY: i32 = 16;
     pub(crate) const EEXIST: i32 = 17;
     pub(crate) const ERANGE: i32 = 34;
+    pub(crate) const ENAMETOOLONG: i32 = 36;
     pub(crate) const ENODATA: i32 = 61;
+    pub(crate) const ENOTCONN: i32 = 107;
     pub(crate) const EOVERFLOW: i32 = 75;
     /// Ceph's EBLOCKLISTED.
     pub(crate) const ESHUTDOWN: i32 = 108;

@@ -32,6 +32,19 @@
 //!   actions are applied atomically by the OSD, all or nothing.
 //! * Calls librados offers only synchronously (xattr get, listing, locks,
 //!   watch registration, notify, mon commands) run on tokio's blocking pool.
+//! * Op timeout: each aio operation's wait is bounded (librados'
+//!   `rados_osd_op_timeout` plus a margin; [`RadosBackend::with_op_timeout`]).
+//!   A completion that never fires ends in a `Transient` error instead of a
+//!   future that hangs forever. [`RadosCluster::connect`] sets
+//!   `rados_osd_op_timeout` (default 0, wait forever) to
+//!   [`DEFAULT_OSD_OP_TIMEOUT_SECS`] unless the caller chose a value.
+//! * Watches survive errors: when librados reports a watch broken (e.g. the
+//!   OSD timed it out while the process was stopped), the backend registers
+//!   it again with backoff, under the same id, as librbd does; only a
+//!   blocklisted client gives up (its event channel closes).
+//! * Fencing (`osd blocklist add`) returns only once this client has the OSD
+//!   map carrying the entry (`rados_wait_for_latest_osdmap`), so a lock broken
+//!   afterwards cannot be raced by the fenced client's ops.
 //! * Errors: negative errno to [`row_layer::ErrorKind`] by [`classify`];
 //!   guard failures are reported as the guard that failed.
 //!
@@ -52,6 +65,6 @@ mod error;
 mod watch;
 
 pub use backend::RadosBackend;
-pub use cluster::{ClusterConfig, RadosCluster};
+pub use cluster::{ClusterConfig, RadosCluster, DEFAULT_OSD_OP_TIMEOUT_SECS};
 pub use error::classify;
 pub use watch::{parse_notify_reply, NotifyAck, NotifyReply};
