@@ -39,6 +39,7 @@ eval "$(tests/ceph/cluster.sh env)"
 
 export ROW_MODEL_CASES="${ROW_MODEL_CASES:-2000}"
 export ROW_CRASH_CASES="${ROW_CRASH_CASES:-3000}"
+export ROW_SIM_SEEDS="${ROW_SIM_SEEDS:-1000}"
 cargo test --workspace --no-fail-fast 2>&1 | tee /tmp/rbd-row-tests.log
 # The osd_failure_* tests need the 3-OSD cluster below (they fail on this one).
 cargo test --workspace --no-fail-fast -- --ignored --skip osd_failure_ 2>&1 | tee -a /tmp/rbd-row-tests.log

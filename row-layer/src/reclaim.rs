@@ -8,9 +8,11 @@
 //! 1. epochs that no pinned epoch (head, snapshot, bookmark) descends from are
 //!    moved to the header's garbage list;
 //! 2. garbage epochs lose their data objects, touch keys and records;
-//! 3. a hidden epoch (sealed, no snapshot) with exactly one child loses the
-//!    grains that child rewrote: nobody can resolve to them any more. When
-//!    such an epoch has nothing left it is spliced out of the lineage.
+//! 3. a hidden epoch (sealed, no snapshot) loses every grain that each view
+//!    passing through it (the head, snapshots below it) meets a newer version
+//!    of first: nobody can resolve to them any more. When such an epoch has
+//!    nothing left it is spliced out of the lineage (its children inherit
+//!    its parent).
 //!
 //! Before step 3 the backend is flushed, so a child's rewrite is durable
 //! before the grain it hides is punched.
@@ -25,7 +27,7 @@ use crate::store::{build_chain, omap_all, read_epoch, read_header};
 use bytes::Bytes;
 use futures::stream::{self, StreamExt, TryStreamExt};
 use roaring::RoaringTreemap;
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 
 const DELETE_PARALLELISM: usize = 32;
@@ -149,6 +151,58 @@ impl Image {
         st.deltas.get(&e).cloned()
     }
 
+    /// Grains of each hidden epoch that nothing needs any more: every view
+    /// (the head, a snapshot) whose path passes through the epoch meets a
+    /// newer version first, and so does every diff base (snapshot or
+    /// bookmark) below it. A diff from base X to view V unions the deltas on
+    /// the paths from X and V up to their common ancestor; since X and V are
+    /// both below any epoch on those paths, a grain dropped from one epoch's
+    /// delta is still in the delta of a lower epoch on the same path, and the
+    /// lowest such epoch is a base or a view, whose delta is never trimmed.
+    /// Children are visited before parents (a parent's number is smaller).
+    fn dead_grains(&self, header: &HeaderRecord) -> BTreeMap<Epoch, RoaringTreemap> {
+        let views: BTreeSet<Epoch> = std::iter::once(header.head)
+            .chain(header.snapshots.iter().map(|s| s.epoch))
+            .collect();
+        let bookmarked: BTreeSet<Epoch> = header.bookmarks.iter().map(|b| b.epoch).collect();
+        // Per epoch: grains that every view and base in its subtree finds at
+        // or below it; absent when none passes through it.
+        let mut below: BTreeMap<Epoch, RoaringTreemap> = BTreeMap::new();
+        let mut dead = BTreeMap::new();
+        for (&e, _) in header.epochs.iter().rev() {
+            let shadowed = intersect(
+                header
+                    .epochs
+                    .iter()
+                    .filter(|(_, m)| m.parent == Some(e))
+                    .filter_map(|(c, _)| below.get(c)),
+            );
+            let Some(delta) = self.delta_of(e) else {
+                continue;
+            };
+            let mut own = delta.data.clone();
+            own |= &delta.zero;
+            if views.contains(&e) {
+                below.insert(e, own);
+                continue;
+            }
+            let Some(shadowed) = shadowed else {
+                if bookmarked.contains(&e) {
+                    below.insert(e, own);
+                }
+                continue;
+            };
+            // A bookmarked epoch keeps its whole delta (its data grains are
+            // punched but stay listed), so bases below see only that.
+            if !bookmarked.contains(&e) {
+                own |= &shadowed;
+            }
+            below.insert(e, own);
+            dead.insert(e, shadowed);
+        }
+        dead
+    }
+
     async fn trim_hidden(&self) -> Result<()> {
         let header = self.header();
         let pinned: BTreeSet<Epoch> = header.snapshots.iter().map(|s| s.epoch).collect();
@@ -161,35 +215,31 @@ impl Image {
         if hidden.is_empty() {
             return Ok(());
         }
-        // A child's rewrite must be durable before the grain it hides goes.
+        let dead = self.dead_grains(&header);
+        // A newer version must be durable before the grain it hides goes.
         self.inner.backend.flush().await?;
+        let mut spliced = false;
         for e in hidden {
-            let header = self.header();
-            let children: Vec<Epoch> = header
-                .epochs
-                .iter()
-                .filter(|(_, m)| m.parent == Some(e))
-                .map(|(c, _)| *c)
-                .collect();
-            let [child] = children[..] else { continue };
-            let (Some(ed), Some(cd)) = (self.delta_of(e), self.delta_of(child)) else {
+            let (Some(ed), Some(dead)) = (self.delta_of(e), dead.get(&e)) else {
                 continue;
             };
-            let mut covered = cd.data.clone();
-            covered |= &cd.zero;
-            let bookmarked = header.bookmarks.iter().any(|b| b.epoch == e);
+            let bookmarked = self.header().bookmarks.iter().any(|b| b.epoch == e);
             let mut mine = &ed.data - &ed.reclaimed;
             if !bookmarked {
                 mine |= &ed.zero;
             }
-            let superseded = &mine & &covered;
+            let superseded = &mine & dead;
             let mut trimmed = (*ed).clone();
             if !superseded.is_empty() {
                 trimmed = self.punch(e, &ed, &superseded, bookmarked).await?;
             }
             if !bookmarked && trimmed.data.is_empty() && trimmed.zero.is_empty() {
-                self.splice(e, child).await?;
+                self.splice(e).await?;
+                spliced = true;
             }
+        }
+        if spliced {
+            self.delete_garbage().await?;
         }
         Ok(())
     }
@@ -287,17 +337,25 @@ impl Image {
         Ok(trimmed)
     }
 
-    /// Removes empty hidden epoch `e` from the lineage: `child` inherits its parent.
-    async fn splice(&self, e: Epoch, child: Epoch) -> Result<()> {
+    /// Removes empty hidden epoch `e` from the lineage (its children inherit
+    /// its parent) and lists it as garbage.
+    async fn splice(&self, e: Epoch) -> Result<()> {
         let mut header = self.header();
         let parent = header.epochs.get(&e).and_then(|m| m.parent);
         if parent.is_none() && header.bookmarks.iter().any(|b| b.epoch == e) {
             return Ok(()); // a bookmark at the root keeps its (empty) epoch
         }
-        if let Some(m) = header.epochs.get_mut(&child) {
-            m.parent = parent;
+        for m in header.epochs.values_mut() {
+            if m.parent == Some(e) {
+                m.parent = parent;
+            }
         }
         header.epochs.remove(&e);
+        // Its record (and any object left) goes through garbage deletion,
+        // which is idempotent after a crash; removing it here would leak
+        // the record when the process dies between the commit and the
+        // removal.
+        header.garbage.push(e);
         if let Some(p) = parent {
             for b in &mut header.bookmarks {
                 if b.epoch == e {
@@ -323,13 +381,15 @@ impl Image {
             .map_err(|e| self.poison(e))?;
             st.header = header;
         }
-        // The record may go only once no durable header names it.
-        self.flush_committed().await?;
-        let _ = self
-            .inner
-            .backend
-            .operate(&layout::epoch_object(&self.inner.id, e), WriteOp::remove())
-            .await;
-        Ok(())
+        self.flush_committed().await
     }
+}
+
+/// The intersection of some bitmaps; `None` for none at all.
+fn intersect<'a>(mut sets: impl Iterator<Item = &'a RoaringTreemap>) -> Option<RoaringTreemap> {
+    let mut out = sets.next()?.clone();
+    for s in sets {
+        out &= s;
+    }
+    Some(out)
 }
