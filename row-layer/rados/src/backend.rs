@@ -758,7 +758,8 @@ impl RadosBackend {
     /// acknowledges them with the user's replies and, when librados reports
     /// the watch broken (error callback, or `rados_watch_check` failing),
     /// registers it again with backoff, as librbd does, under the same
-    /// user-visible id. Only a blocklisted client, or `unwatch`, ends it.
+    /// user-visible id. Only `unwatch`, a blocklisted client or a removed
+    /// object ends it.
     async fn watch_impl(&self, oid: &str) -> Result<Watch> {
         let (raw_tx, raw_rx) = mpsc::unbounded_channel::<WatchEvent>();
         // The context's address, as an integer so that the future stays Send.
@@ -889,11 +890,11 @@ async fn serve_watch(mut t: WatchTask) {
                     break;
                 }
                 Ok(None) => return, // unwatched meanwhile
-                Err(e) if e.kind() == ErrorKind::Fenced => {
+                Err(e) if matches!(e.kind(), ErrorKind::Fenced | ErrorKind::NotFound) => {
+                    // Blocklisted, or the object is gone: retrying cannot help.
                     tracing::error!(
                         oid = %t.oid,
-                        "cannot register the watch again, this client is blocklisted: {e}; \
-                         closing its event channel"
+                        "cannot register the watch again: {e}; closing its event channel"
                     );
                     return;
                 }

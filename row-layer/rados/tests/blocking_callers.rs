@@ -163,3 +163,59 @@ fn many_foreign_threads_drive_io_with_handle_block_on() {
         start.elapsed()
     );
 }
+
+#[test]
+#[ignore = "needs CEPH_CONF (a running cluster: tests/ceph/cluster.sh start)"]
+fn spawn_blocking_callers_on_a_current_thread_runtime() {
+    // The runtime's only thread waits for the blocking callers; the
+    // operations themselves need no tokio driver.
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let handle = rt.handle().clone();
+    let ns = unique("current");
+    let img = rt.block_on(async {
+        let store = Store::new(backend(&ns).await);
+        store
+            .create(
+                "img",
+                CreateOptions {
+                    size: THREADS as u64 * LANE,
+                    object_size: OBJ,
+                    grain_size: 4096,
+                },
+            )
+            .await
+            .expect("create");
+        store.open("img").await.expect("open")
+    });
+    let start = Instant::now();
+    let (tx, done) = mpsc::channel();
+    let img2 = img.clone();
+    let waiter = std::thread::spawn(move || {
+        handle.clone().block_on(async move {
+            let mut tasks = Vec::new();
+            for lane in 0..THREADS {
+                let (handle, img) = (handle.clone(), img2.clone());
+                tasks.push(tokio::task::spawn_blocking(move || {
+                    lane_worker(&handle, &img, lane)
+                }));
+            }
+            for t in tasks {
+                let r = t.await.map_err(|e| format!("join: {e}")).and_then(|r| r);
+                let _ = tx.send(r);
+            }
+        })
+    });
+    // Drive the runtime from its own thread meanwhile (as `#[tokio::main]`
+    // with the current-thread flavour would).
+    rt.block_on(async {
+        let start = Instant::now();
+        while !waiter.is_finished() && start.elapsed() < DEADLINE {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    });
+    wait_all(&done, THREADS, "current-thread block_on callers", start);
+    rt.block_on(img.close()).expect("close");
+}

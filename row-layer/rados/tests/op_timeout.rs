@@ -87,6 +87,20 @@ fn signal(pids: &[u32], sig: &str) {
     }
 }
 
+/// Whether every thread of process `pid` is stopped (state `T`).
+fn all_threads_stopped(pid: u32) -> bool {
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+        return false;
+    };
+    tasks.flatten().all(|t| {
+        let stat = std::fs::read_to_string(t.path().join("stat")).unwrap_or_default();
+        // "tid (comm) S ...": the state follows the last ')'.
+        stat.rsplit_once(')')
+            .map(|(_, rest)| rest.trim_start().starts_with('T'))
+            .unwrap_or(false)
+    })
+}
+
 /// Resumes the OSDs when dropped, so that a failing test leaves them running.
 struct Stopped(Vec<u32>);
 
@@ -94,7 +108,15 @@ impl Stopped {
     fn new() -> Stopped {
         let pids = osd_pids();
         signal(&pids, "-STOP");
-        Stopped(pids)
+        let stopped = Stopped(pids);
+        // kill returns before every thread has stopped: wait until each
+        // thread of each OSD is in state T.
+        let t0 = Instant::now();
+        while !stopped.0.iter().all(|p| all_threads_stopped(*p)) {
+            assert!(t0.elapsed() < Duration::from_secs(10), "OSD did not stop");
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        stopped
     }
 }
 
