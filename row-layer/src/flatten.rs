@@ -13,9 +13,9 @@
 //! flush, and only then the header commit that drops the link. A crash
 //! anywhere in between leaves the parent link in place, and the copied
 //! grains hold the very bytes the parent snapshot (protected, immutable)
-//! holds, so every view reads the same either way. The copy holds the gate
-//! shared, so no snapshot removal or reclaim can trim or splice the root
-//! while it runs; client I/O goes on.
+//! holds, so every view reads the same either way. The copy runs as a job
+//! of the control task, so no snapshot removal or reclaim can trim or splice
+//! the root while it runs; client I/O goes on.
 
 use crate::backend::{Action, WriteOp};
 use crate::error::{Error, ErrorKind, Result};
@@ -65,10 +65,19 @@ impl Image {
                     done.insert(r);
                 }
             }
-            let _gate = self.inner.gate.write().await;
-            self.check_writable()?;
-            if roots(&self.header()).is_subset(&done) {
-                return self.detach_from_parent(&parent).await;
+            let (parent, copied) = (parent.clone(), done.clone());
+            let detached = self
+                .in_control(move |img| async move {
+                    let _gate = img.inner.gate.write().await;
+                    img.check_writable()?;
+                    if !roots(&img.header()).is_subset(&copied) {
+                        return Ok(false);
+                    }
+                    img.detach_from_parent(&parent).await.map(|()| true)
+                })
+                .await?;
+            if detached {
+                return Ok(());
             }
         }
         Err(Error::new(
@@ -93,14 +102,12 @@ impl Image {
             }
             return Ok(self.header().head == r);
         }
-        let img = self.clone();
-        let task = tokio::spawn(async move {
+        self.in_control(move |img| async move {
             let _gate = img.inner.gate.read().await;
             img.check_writable()?;
             img.copy_parent_into_sealed(r).await
-        });
-        task.await
-            .map_err(|e| Error::io(format!("flatten task failed: {e}")))??;
+        })
+        .await?;
         Ok(true)
     }
 

@@ -60,6 +60,11 @@ pub struct ImageOptions {
     pub owner_timeout: std::time::Duration,
     /// How long a request forwarded to the owner may take.
     pub request_timeout: std::time::Duration,
+    /// How long the control task waits, idle, before a background reclaim
+    /// pass after a transition that made garbage or hidden epochs.
+    pub reclaim_delay: std::time::Duration,
+    /// Upper bound on the reclaimer's backend ops per second (0: none).
+    pub reclaim_ops_per_sec: u32,
 }
 
 impl Default for ImageOptions {
@@ -68,6 +73,8 @@ impl Default for ImageOptions {
             max_cached_objects: 65536,
             owner_timeout: std::time::Duration::from_secs(5),
             request_timeout: std::time::Duration::from_secs(60),
+            reclaim_delay: std::time::Duration::from_millis(20),
+            reclaim_ops_per_sec: 0,
         }
     }
 }
@@ -101,6 +108,11 @@ pub(crate) struct Inner {
     pub(crate) options: ImageOptions,
     pub(crate) watch_id: Mutex<Option<u64>>,
     pub(crate) touch_batch: Mutex<TouchBatch>,
+    /// Where jobs for the control task go (owned heads only; see control.rs).
+    pub(crate) control:
+        Mutex<Option<tokio::sync::mpsc::UnboundedSender<crate::control::ControlMsg>>>,
+    /// A transition left work for the background reclaimer.
+    pub(crate) reclaim_wanted: std::sync::atomic::AtomicBool,
 }
 
 /// Registrations waiting for the next header op (see `register_touch`).

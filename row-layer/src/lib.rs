@@ -18,6 +18,7 @@ pub use ids::{Epoch, GrainIdx, ImageId, ObjectNo, SnapId};
 
 pub mod allocation;
 pub(crate) mod check;
+pub(crate) mod control;
 pub mod diff;
 mod flatten;
 pub mod image;

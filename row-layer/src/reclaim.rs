@@ -1,8 +1,9 @@
 //! The reclaimer: frees data that no snapshot, bookmark or head can see.
 //!
-//! It runs in the owner after every transition that can create garbage
-//! (snapshot create/remove, rollback, shrink) and at open, with the gate held
-//! exclusively. Three steps, each re-checked against the committed header
+//! It runs on the owner's control task (control.rs), in the background after
+//! every transition that can create garbage (snapshot create/remove,
+//! rollback, shrink), after open, and when asked (`Image::reclaim`, `close`).
+//! It takes no gate: it only removes what no view can resolve to. Three steps, each re-checked against the committed header
 //! before anything is deleted (the header is re-read from the store, so a
 //! stale plan can never delete what a newer header still needs):
 //! 1. epochs that no pinned epoch (head, snapshot, bookmark) descends from are
@@ -51,17 +52,9 @@ pub(crate) fn reachable(h: &HeaderRecord) -> BTreeSet<Epoch> {
 }
 
 impl Image {
-    /// Runs the reclaimer (takes the gate).
-    pub async fn reclaim(&self) -> Result<()> {
-        if self.is_read_only() {
-            return Ok(());
-        }
-        let _gate = self.inner.gate.write().await;
-        self.reclaim_locked().await
-    }
-
-    /// Runs the reclaimer; the caller holds the gate exclusively.
-    pub(crate) async fn reclaim_locked(&self) -> Result<()> {
+    /// Runs a full pass of the reclaimer. Control-task only (see control.rs):
+    /// it takes no gate.
+    pub(crate) async fn reclaim_now(&self) -> Result<()> {
         self.check_writable()?;
         self.collect_unreachable().await?;
         self.delete_garbage().await?;
@@ -130,6 +123,7 @@ impl Image {
                 .buffer_unordered(DELETE_PARALLELISM)
                 .try_collect::<Vec<()>>()
                 .await?;
+            self.throttle_reclaim(objects.len() as usize + 1).await;
             // Data objects first, durably: the record lists them.
             backend.flush().await?;
             backend
@@ -299,6 +293,7 @@ impl Image {
             }
             ops.push((oid, op.action(Action::OmapRemove(keys))));
         }
+        let n_ops = ops.len();
         stream::iter(ops)
             .map(|(oid, op)| {
                 let backend = backend.clone();
@@ -312,6 +307,7 @@ impl Image {
             .buffer_unordered(DELETE_PARALLELISM)
             .try_collect::<Vec<()>>()
             .await?;
+        self.throttle_reclaim(n_ops + 1).await;
         if keep_delta {
             let mut kept = ed.clone();
             kept.reclaimed |= &gone_data;

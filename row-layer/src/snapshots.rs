@@ -1,8 +1,9 @@
 //! Snapshot create/remove/rename/rollback/protect, resize and bookmarks:
 //! the metadata transitions of an owned image.
 //!
-//! Each transition takes the gate exclusively (so it falls between
-//! acknowledged writes), computes a new header, and commits it with one
+//! Each transition runs on the image's control task (control.rs), takes the
+//! gate exclusively (so it falls between acknowledged writes), computes a
+//! new header, and commits it with one
 //! guarded `write_full` of the header object — the commit point. Creating a
 //! snapshot first flushes the backend (so the data it names is durable) and
 //! writes the sealed epoch's record; rollback and clone only rewrite the
@@ -187,6 +188,13 @@ impl Image {
     /// Creates snapshot `name` of the head: metadata only.
     pub async fn snap_create(&self, name: &str) -> Result<SnapInfo> {
         self.check_writable()?;
+        let name = name.to_string();
+        self.in_control(move |img| async move { img.snap_create_now(&name).await })
+            .await
+    }
+
+    async fn snap_create_now(&self, name: &str) -> Result<SnapInfo> {
+        self.check_writable()?;
         layout::validate_name("snapshot", name)?;
         let _gate = self.inner.gate.write().await;
         let header = self.header();
@@ -211,7 +219,7 @@ impl Image {
         self.install_new_head(header, Some((old_head, delta)), EpochDelta::default(), true)
             .map_err(|e| self.poison(e))?;
         self.flush_committed().await?;
-        self.reclaim_locked().await?;
+        self.want_reclaim();
         Ok(SnapInfo::from(&snap))
     }
 
@@ -223,8 +231,16 @@ impl Image {
             .ok_or_else(|| Error::not_found(format!("snapshot {name} does not exist")))
     }
 
-    /// Removes snapshot `name` (refused while protected or cloned).
+    /// Removes snapshot `name` (refused while protected or cloned). Its
+    /// data goes in the background.
     pub async fn snap_remove(&self, name: &str) -> Result<()> {
+        self.check_writable()?;
+        let name = name.to_string();
+        self.in_control(move |img| async move { img.snap_remove_now(&name).await })
+            .await
+    }
+
+    async fn snap_remove_now(&self, name: &str) -> Result<()> {
         self.check_writable()?;
         let _gate = self.inner.gate.write().await;
         let snap = self.snap_by_name(name)?;
@@ -239,11 +255,19 @@ impl Image {
         self.commit_header(&header, vec![]).await?;
         self.state().header = header;
         self.flush_committed().await?;
-        self.reclaim_locked().await
+        self.want_reclaim();
+        Ok(())
     }
 
     /// Renames a snapshot.
     pub async fn snap_rename(&self, from: &str, to: &str) -> Result<()> {
+        self.check_writable()?;
+        let (from, to) = (from.to_string(), to.to_string());
+        self.in_control(move |img| async move { img.snap_rename_now(&from, &to).await })
+            .await
+    }
+
+    async fn snap_rename_now(&self, from: &str, to: &str) -> Result<()> {
         self.check_writable()?;
         layout::validate_name("snapshot", to)?;
         let _gate = self.inner.gate.write().await;
@@ -264,6 +288,15 @@ impl Image {
 
     /// Protects or unprotects a snapshot (unprotect refused while cloned).
     pub async fn snap_set_protected(&self, name: &str, protected: bool) -> Result<()> {
+        self.check_writable()?;
+        let name = name.to_string();
+        self.in_control(
+            move |img| async move { img.snap_set_protected_now(&name, protected).await },
+        )
+        .await
+    }
+
+    async fn snap_set_protected_now(&self, name: &str, protected: bool) -> Result<()> {
         self.check_writable()?;
         let _gate = self.inner.gate.write().await;
         let snap = self.snap_by_name(name)?;
@@ -308,8 +341,15 @@ impl Image {
 
     /// Makes the head read exactly like snapshot `name`: metadata only. The
     /// head's writes since its last snapshot are discarded; every snapshot,
-    /// older or newer, stays.
+    /// older or newer, stays. The discarded writes go in the background.
     pub async fn snap_rollback(&self, name: &str) -> Result<()> {
+        self.check_writable()?;
+        let name = name.to_string();
+        self.in_control(move |img| async move { img.snap_rollback_now(&name).await })
+            .await
+    }
+
+    async fn snap_rollback_now(&self, name: &str) -> Result<()> {
         self.check_writable()?;
         let _gate = self.inner.gate.write().await;
         let snap = self.snap_by_name(name)?;
@@ -360,13 +400,20 @@ impl Image {
         self.install_new_head(header, None, EpochDelta::default(), false)
             .map_err(|e| self.poison(e))?;
         self.flush_committed().await?;
-        self.reclaim_locked().await
+        self.want_reclaim();
+        Ok(())
     }
 
     /// Changes the head size. Shrinking seals the open epoch and starts a new
     /// one that cuts off the grains past the new end (metadata only); data
     /// that snapshots see is kept.
     pub async fn resize(&self, new_size: u64) -> Result<()> {
+        self.check_writable()?;
+        self.in_control(move |img| async move { img.resize_now(new_size).await })
+            .await
+    }
+
+    async fn resize_now(&self, new_size: u64) -> Result<()> {
         self.check_writable()?;
         let _gate = self.inner.gate.write().await;
         let header = self.header();
@@ -421,12 +468,20 @@ impl Image {
             self.state().size = new_size;
             r?;
         }
-        self.reclaim_locked().await
+        self.want_reclaim();
+        Ok(())
     }
 
     /// Keeps the change-tracking position of snapshot `snap` as bookmark
     /// `name`, so diffs can start from it after the snapshot is removed.
     pub async fn bookmark_create(&self, snap: &str, name: &str) -> Result<()> {
+        self.check_writable()?;
+        let (snap, name) = (snap.to_string(), name.to_string());
+        self.in_control(move |img| async move { img.bookmark_create_now(&snap, &name).await })
+            .await
+    }
+
+    async fn bookmark_create_now(&self, snap: &str, name: &str) -> Result<()> {
         self.check_writable()?;
         layout::validate_name("bookmark", name)?;
         let _gate = self.inner.gate.write().await;
@@ -459,6 +514,13 @@ impl Image {
     /// Removes a bookmark.
     pub async fn bookmark_remove(&self, name: &str) -> Result<()> {
         self.check_writable()?;
+        let name = name.to_string();
+        self.in_control(move |img| async move { img.bookmark_remove_now(&name).await })
+            .await
+    }
+
+    async fn bookmark_remove_now(&self, name: &str) -> Result<()> {
+        self.check_writable()?;
         let _gate = self.inner.gate.write().await;
         let mut header = self.header();
         let before = header.bookmarks.len();
@@ -475,6 +537,14 @@ impl Image {
     /// `flush` first for durability.
     pub async fn close(self) -> Result<()> {
         if let Some(cookie) = &self.inner.cookie {
+            // What the background reclaimer still had to do, done now (a
+            // poisoned handle leaves it for the next owner).
+            if self.check_usable().is_ok() {
+                if let Err(e) = self.reclaim().await {
+                    tracing::warn!(image = %self.inner.id, error = %e, "reclaim at close failed");
+                }
+            }
+            self.stop_control();
             self.stop_serving_ownership().await;
             let _gate = self.inner.gate.write().await;
             self.inner.backend.flush().await?;

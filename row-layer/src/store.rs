@@ -505,7 +505,9 @@ impl Store {
                 );
             }
         }
-        image.reclaim().await?;
+        // Garbage or hidden epochs a crash left behind go in the background.
+        image.want_reclaim();
+        image.start_control();
         image.serve_ownership().await?;
         Ok(image)
     }
@@ -613,6 +615,8 @@ impl Store {
                 options: self.options.clone(),
                 watch_id: Mutex::new(None),
                 touch_batch: Mutex::new(Default::default()),
+                control: Mutex::new(None),
+                reclaim_wanted: std::sync::atomic::AtomicBool::new(false),
             }),
         }
     }

@@ -124,6 +124,8 @@ fn stores(request_timeout: Duration) -> (Arc<Slow>, Store, Store) {
     let opts = ImageOptions {
         owner_timeout: Duration::from_millis(300),
         request_timeout,
+        // Count the request's own header ops, not the background reclaimer's.
+        reclaim_delay: Duration::from_secs(3600),
         ..ImageOptions::default()
     };
     let owner = Store::new(slow.clone() as Arc<dyn Backend>).with_image_options(opts.clone());

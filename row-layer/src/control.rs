@@ -1,0 +1,174 @@
+//! The control plane of an owned image: one task per handle.
+//!
+//! Every change to the image's metadata — snapshot create, remove, rename
+//! and protect, rollback, resize, bookmarks, flatten's copies into sealed
+//! epochs and its detach, and the reclaimer — runs as a job of this task,
+//! one at a time (crucible's upstairs pattern: `select → apply`). Callers
+//! submit a job and wait for its reply; a caller that goes away does not
+//! cancel the job, so a transition is never abandoned half-way.
+//!
+//! Invariants the loop keeps (the data path relies on them):
+//! - Only control jobs write the header record or change `State::header`,
+//!   the sealed deltas and the chain's links. The data path only adds to the
+//!   open epoch's delta, and registers touch keys under the shared gate.
+//! - A job that changes what the head is (seal, rollback, shrink, detach)
+//!   takes the gate exclusively for its commit, so it falls between
+//!   acknowledged writes. The reclaimer takes no gate: it only removes
+//!   grains no view can resolve to and epochs no view can reach, and
+//!   re-checks the committed header before deleting.
+//! - The reclaimer runs in the background: a job that may have made garbage
+//!   or hidden epochs marks the image, and the loop runs a pass once no job
+//!   has arrived for `ImageOptions::reclaim_delay`, throttled by
+//!   `ImageOptions::reclaim_ops_per_sec`. `Image::reclaim` runs a pass now
+//!   and waits for it; `close` does too.
+
+use crate::error::{Error, ErrorKind, Result};
+use crate::image::{Image, Inner};
+use futures::future::BoxFuture;
+use std::future::Future;
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Weak};
+use tokio::sync::{mpsc, oneshot};
+
+/// Work for the control task.
+pub(crate) enum ControlMsg {
+    /// A transition; it sends its own reply.
+    Job(Box<dyn FnOnce(Image) -> BoxFuture<'static, ()> + Send>),
+    /// Run a reclaim pass now and report how it went.
+    Reclaim(oneshot::Sender<Result<()>>),
+}
+
+impl Image {
+    /// Starts the control task of an owned handle.
+    pub(crate) fn start_control(&self) {
+        let (tx, rx) = mpsc::unbounded_channel();
+        *self.inner.control.lock().unwrap_or_else(|p| p.into_inner()) = Some(tx);
+        let weak = Arc::downgrade(&self.inner);
+        let delay = self.inner.options.reclaim_delay;
+        tokio::spawn(control_loop(weak, rx, delay));
+    }
+
+    /// Stops accepting jobs; the task ends after those already queued.
+    pub(crate) fn stop_control(&self) {
+        self.inner
+            .control
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take();
+    }
+
+    fn control_sender(&self) -> Option<mpsc::UnboundedSender<ControlMsg>> {
+        self.inner
+            .control
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    /// Runs `job` on the control task and returns its result. Handles
+    /// without a control task (read-only views) run it in place.
+    pub(crate) async fn in_control<T, F, Fut>(&self, job: F) -> Result<T>
+    where
+        T: Send + 'static,
+        F: FnOnce(Image) -> Fut + Send + 'static,
+        Fut: Future<Output = Result<T>> + Send + 'static,
+    {
+        let Some(tx) = self.control_sender() else {
+            if self.inner.cookie.is_some() {
+                return Err(closed());
+            }
+            return job(self.clone()).await;
+        };
+        let (reply, answer) = oneshot::channel();
+        let msg = ControlMsg::Job(Box::new(move |img| {
+            Box::pin(async move {
+                let _ = reply.send(job(img).await);
+            })
+        }));
+        tx.send(msg).map_err(|_| closed())?;
+        answer.await.map_err(|_| closed())?
+    }
+
+    /// Marks the image as having work for the background reclaimer.
+    pub(crate) fn want_reclaim(&self) {
+        self.inner.reclaim_wanted.store(true, Ordering::SeqCst);
+    }
+
+    /// Runs a reclaim pass on the control task and waits for it.
+    pub async fn reclaim(&self) -> Result<()> {
+        if self.is_read_only() {
+            return Ok(());
+        }
+        self.check_writable()?;
+        let Some(tx) = self.control_sender() else {
+            return Err(closed());
+        };
+        let (reply, answer) = oneshot::channel();
+        tx.send(ControlMsg::Reclaim(reply)).map_err(|_| closed())?;
+        answer.await.map_err(|_| closed())?
+    }
+
+    /// Sleeps so that the reclaimer issues at most
+    /// `ImageOptions::reclaim_ops_per_sec` backend ops per second.
+    pub(crate) async fn throttle_reclaim(&self, ops: usize) {
+        let rate = self.inner.options.reclaim_ops_per_sec;
+        if rate > 0 && ops > 0 {
+            let secs = ops as f64 / f64::from(rate);
+            tokio::time::sleep(std::time::Duration::from_secs_f64(secs)).await;
+        }
+    }
+}
+
+fn closed() -> Error {
+    Error::new(ErrorKind::Fenced, "the image handle is closed")
+}
+
+async fn control_loop(
+    weak: Weak<Inner>,
+    mut rx: mpsc::UnboundedReceiver<ControlMsg>,
+    delay: std::time::Duration,
+) {
+    // Work left by a crash is found at open: start with a pass.
+    let mut pending = weak
+        .upgrade()
+        .is_some_and(|i| i.reclaim_wanted.load(Ordering::SeqCst));
+    loop {
+        let msg = if pending {
+            tokio::select! {
+                biased;
+                m = rx.recv() => m,
+                _ = tokio::time::sleep(delay) => {
+                    pending = false;
+                    let Some(inner) = weak.upgrade() else { break };
+                    background_pass(Image { inner }).await;
+                    continue;
+                }
+            }
+        } else {
+            rx.recv().await
+        };
+        let Some(msg) = msg else { break };
+        let Some(inner) = weak.upgrade() else { break };
+        let image = Image { inner };
+        match msg {
+            ControlMsg::Job(job) => job(image.clone()).await,
+            ControlMsg::Reclaim(reply) => {
+                image.inner.reclaim_wanted.store(false, Ordering::SeqCst);
+                let _ = reply.send(image.reclaim_now().await);
+            }
+        }
+        if image.inner.reclaim_wanted.load(Ordering::SeqCst) {
+            pending = true;
+        }
+    }
+}
+
+async fn background_pass(image: Image) {
+    image.inner.reclaim_wanted.store(false, Ordering::SeqCst);
+    if image.check_writable().is_err() {
+        return;
+    }
+    if let Err(e) = image.reclaim_now().await {
+        tracing::warn!(image = %image.inner.id, error = %e, "background reclaim failed");
+    }
+}
