@@ -6,9 +6,11 @@
 //! object boundary), some of them abandoned by their caller mid-flight, while
 //! named failpoints make ops fail before they land, fail after they landed,
 //! or land late. Then one metadata operation runs (snapshot create or
-//! remove, rollback, shrink and regrow, bookmark, reopen, reclaim, or a
-//! crash that drops an arbitrary subset of unflushed ops), sometimes with a
-//! fault on its header commit.
+//! remove, rollback, shrink and regrow, bookmark, reopen, reclaim, a clone
+//! of a snapshot with writes and snapshots of its own, flatten of that clone
+//! followed by removal of its parent snapshot, or a crash that drops an
+//! arbitrary subset of unflushed ops), sometimes with a fault on its header
+//! commit.
 //!
 //! The oracle keeps, per grain, every content a read may return now and
 //! every content a read may return after a crash (all values held since the
@@ -169,6 +171,18 @@ struct Sim {
     head: Option<Image>,
     oracle: RefCell<Oracle>,
     next_name: usize,
+    /// A clone of one of the image's snapshots, while there is one.
+    clone: Option<CloneState>,
+}
+
+/// The clone, its exact contents and its snapshots. Its writes are made
+/// durable at once, so a crash never makes its contents uncertain.
+struct CloneState {
+    handle: Option<Image>,
+    /// Parent snapshot, while the clone is not flattened.
+    parent_snap: Option<String>,
+    content: Vec<u8>,
+    snaps: BTreeMap<String, Vec<u8>>,
 }
 
 fn options() -> ImageOptions {
@@ -220,6 +234,7 @@ impl Sim {
             head: Some(img),
             oracle: RefCell::new(Oracle::new()),
             next_name: 0,
+            clone: None,
         }
     }
 
@@ -366,6 +381,7 @@ impl Sim {
             let got = retry(|| s.read(0, SIZE)).await;
             assert!(got == self.content(vals), "snapshot {name} changed");
         }
+        self.verify_clone().await;
     }
 
     fn content(&self, vals: &[Val]) -> Vec<u8> {
@@ -407,7 +423,7 @@ impl Sim {
     }
 
     async fn metadata_step(&mut self) {
-        let choice = self.rng.gen_range(0..12);
+        let choice = self.rng.gen_range(0..14);
         if choice < 8 {
             self.arm_header_fault();
         }
@@ -436,6 +452,7 @@ impl Sim {
             6 => self.shrink_and_regrow().await,
             7 => self.bookmark().await,
             8 => self.close_and_open().await,
+            12..=13 => self.clone_step().await,
             9 => {
                 let img = self.img().clone();
                 retry(|| img.reclaim()).await;
@@ -560,11 +577,22 @@ impl Sim {
         futures::future::join_all(writers).await;
         tokio::time::sleep(Duration::from_secs(1)).await;
         self.head = None;
+        if let Some(c) = self.clone.as_mut() {
+            c.handle = None;
+        }
         self.mem.crash(CrashMode::Random(self.rng.gen()));
         let (fault, store) = open_store(&self.mem).await;
         self.fault = fault;
         self.store = store;
         self.head = Some(self.store.open("img").await.expect("open after crash"));
+        if let Some(c) = self.clone.as_mut() {
+            c.handle = Some(
+                self.store
+                    .open("clone")
+                    .await
+                    .expect("open clone after crash"),
+            );
+        }
         self.img().self_check().expect("self_check after crash");
         let img = self.img().clone();
         let head = retry(|| img.read(0, SIZE)).await;
@@ -574,6 +602,7 @@ impl Sim {
     /// Removes every snapshot and bookmark, reclaims, and checks that the
     /// store holds exactly what the head needs.
     async fn drain_and_check_space(&mut self) {
+        self.remove_clone().await;
         let img = self.img().clone();
         let bookmarks: Vec<String> = self.oracle.borrow().bookmarks.keys().cloned().collect();
         for b in bookmarks {
@@ -681,4 +710,99 @@ fn simulation_seeds() {
 #[test]
 fn one_seed() {
     run_seed(env_u64("ROW_SIM_SEED", 7));
+}
+
+impl Sim {
+    /// Creates the clone, or writes to it and snapshots it, or flattens it
+    /// (then the parent snapshot is unprotected and removed).
+    async fn clone_step(&mut self) {
+        if self.clone.is_none() {
+            return self.make_clone().await;
+        }
+        let flattened = self.clone.as_ref().is_some_and(|c| c.parent_snap.is_none());
+        if flattened || self.rng.gen_bool(0.6) {
+            return self.clone_write_and_snap().await;
+        }
+        self.flatten_clone().await;
+    }
+
+    async fn make_clone(&mut self) {
+        let names = self.oracle.borrow().snaps.keys().cloned().collect();
+        let Some(snap) = self.pick(names) else { return };
+        let img = self.img().clone();
+        retry(|| img.snap_set_protected(&snap, true)).await;
+        retry(|| self.store.clone_image("img", &snap, "clone")).await;
+        let handle = self.store.open("clone").await.expect("open clone");
+        let content = self.content(&self.oracle.borrow().snaps[&snap].clone());
+        self.clone = Some(CloneState {
+            handle: Some(handle),
+            parent_snap: Some(snap),
+            content,
+            snaps: BTreeMap::new(),
+        });
+    }
+
+    async fn clone_write_and_snap(&mut self) {
+        let off = self.rng.gen_range(0..SIZE - 1);
+        let len = self.rng.gen_range(1..(SIZE - off).min(40 * 1024) + 1);
+        let data = pattern(self.rng.gen(), len as usize);
+        let name = self.name("c");
+        let c = self.clone.as_mut().expect("clone");
+        let h = c.handle.clone().expect("clone handle");
+        retry(|| h.write(off, data.clone())).await;
+        retry(|| h.flush()).await;
+        c.content[off as usize..(off + len) as usize].copy_from_slice(&data);
+        retry(|| h.snap_create(&name)).await;
+        c.snaps.insert(name, c.content.clone());
+    }
+
+    async fn flatten_clone(&mut self) {
+        let c = self.clone.as_mut().expect("clone");
+        let h = c.handle.clone().expect("clone handle");
+        retry(|| h.flatten()).await;
+        let snap = c.parent_snap.take().expect("parent");
+        let img = self.img().clone();
+        retry(|| img.snap_set_protected(&snap, false)).await;
+        if self.rng.gen_bool(0.7) {
+            retry(|| img.snap_remove(&snap)).await;
+            self.oracle.borrow_mut().snaps.remove(&snap);
+        }
+    }
+
+    async fn verify_clone(&self) {
+        let Some(c) = &self.clone else { return };
+        let h = c.handle.as_ref().expect("clone handle");
+        h.self_check().expect("clone self_check");
+        assert!(
+            retry(|| h.read(0, SIZE)).await == c.content,
+            "clone head differs"
+        );
+        for (name, content) in &c.snaps {
+            let s = self
+                .store
+                .open_snapshot("clone", name)
+                .await
+                .expect("open clone snapshot");
+            assert!(
+                retry(|| s.read(0, SIZE)).await == *content,
+                "clone snapshot {name} changed (flattened: {})",
+                c.parent_snap.is_none()
+            );
+        }
+    }
+
+    async fn remove_clone(&mut self) {
+        if self.clone.as_ref().is_some_and(|c| c.parent_snap.is_some()) {
+            self.flatten_clone().await;
+        }
+        let Some(mut c) = self.clone.take() else {
+            return;
+        };
+        let h = c.handle.take().expect("clone handle");
+        for name in c.snaps.keys() {
+            retry(|| h.snap_remove(name)).await;
+        }
+        h.close().await.expect("close clone");
+        retry(|| self.store.remove("clone")).await;
+    }
 }
