@@ -21,6 +21,7 @@ pub(crate) mod check;
 pub(crate) mod control;
 pub mod diff;
 mod flatten;
+pub mod fsck;
 pub mod image;
 pub mod layout;
 pub mod lifecycle;

@@ -149,6 +149,24 @@ pub enum Command {
         #[command(flatten)]
         fmt: FormatArgs,
     },
+    /// Check images for leaked objects, stray keys, unregistered clones and
+    /// half-created or half-removed images (an fsck); read-only unless
+    /// `--repair`.
+    #[command(
+        after_help = "Example:\n  rbd-row check\n  rbd-row check --repair --format json rbd/vol1\n\nExit status: 0 when nothing is wrong (info findings are not problems) or\neverything found was repaired; 117 (EUCLEAN) when problems remain; 16\n(EBUSY) when --repair needs an image another client has open."
+    )]
+    Check {
+        /// Image spec, or none for every image of the pool.
+        spec: Option<String>,
+        /// Repair what is safe to repair: remove leaked objects, records and
+        /// stray touch keys, register unregistered clones, drop stale
+        /// registrations, restore or finish interrupted creates and removes.
+        /// Takes ownership of each image it changes.
+        #[arg(long = "repair")]
+        repair: bool,
+        #[command(flatten)]
+        fmt: FormatArgs,
+    },
     /// Show disk usage of images and snapshots.
     #[command(
         visible_alias = "disk-usage",

@@ -405,6 +405,7 @@ async fn execute(ctx: &Ctx, cmd: Command, out: &mut dyn Write) -> CliResult<()> 
             }
         }
         Command::Du { spec, fmt } => du(ctx, spec, &fmt, out).await,
+        Command::Check { spec, repair, fmt } => check(ctx, spec, repair, &fmt, out).await,
         Command::Export {
             spec,
             path,
@@ -809,6 +810,143 @@ async fn info(
         ));
     }
     text(out, &s)
+}
+
+/// Exit status of `check` when problems remain (EUCLEAN, "Structure needs
+/// cleaning", as fsck-like tools report it).
+const EUCLEAN: i32 = 117;
+
+/// `check [--repair] [IMAGE]`: the engine's fsck (`row_layer::fsck`).
+async fn check(
+    ctx: &Ctx,
+    spec: Option<String>,
+    repair: bool,
+    fmt: &FormatArgs,
+    out: &mut dyn Write,
+) -> CliResult<()> {
+    use row_layer::fsck::{check_store, CheckReport};
+    let js = check_format(fmt)?;
+    let one = spec.is_some() || ctx.flags.image.is_some();
+    let report = if one {
+        let s = ctx.spec(spec.as_deref(), SnapMode::None)?;
+        let store = ctx.store(&s, false).await?;
+        check_store(&store, Some(&s.image), repair)
+            .await
+            .map_err(|e| CliError::row(format!("rbd-row: error checking image {}", s.image), &e))?
+    } else {
+        let pool = ctx
+            .flags
+            .pool
+            .clone()
+            .unwrap_or_else(|| spec::DEFAULT_POOL.into());
+        let ns = ctx.flags.namespace.clone().unwrap_or_default();
+        match ctx.stores.get(&pool, &ns, false).await? {
+            Some(store) => check_store(&store, None, repair)
+                .await
+                .map_err(|e| CliError::row("rbd-row: error checking the pool", &e))?,
+            None => CheckReport::default(),
+        }
+    };
+    if js {
+        let findings: Vec<Value> = report
+            .findings
+            .iter()
+            .map(|f| {
+                json!({
+                    "image": f.image,
+                    "image_id": f.image_id.as_ref().map(|i| i.0.clone()),
+                    "severity": f.severity().as_str(),
+                    "kind": f.kind.as_str(),
+                    "object": f.object,
+                    "key": f.key,
+                    "detail": f.detail,
+                    "repaired": f.repaired,
+                })
+            })
+            .collect();
+        let errors: Vec<Value> = report
+            .errors
+            .iter()
+            .map(|e| {
+                json!({
+                    "image": e.image,
+                    "errno": e.error.kind().errno(),
+                    "message": e.error.message(),
+                })
+            })
+            .collect();
+        let v = json!({
+            "images": report.images,
+            "problems": report.problems(),
+            "repaired": report.repaired(),
+            "clean": report.is_clean(),
+            "findings": findings,
+            "errors": errors,
+        });
+        text(out, &json(&v, fmt.pretty))?;
+    } else {
+        let mut s = String::new();
+        for f in &report.findings {
+            let image = f
+                .image
+                .clone()
+                .or_else(|| f.image_id.as_ref().map(|i| format!("id {i}")))
+                .unwrap_or_else(|| "-".into());
+            let key = f
+                .key
+                .as_ref()
+                .map(|k| format!(" key {k}"))
+                .unwrap_or_default();
+            let done = if f.repaired { " [repaired]" } else { "" };
+            s.push_str(&format!(
+                "{image}: {}: {}: {}{key}: {}{done}\n",
+                f.severity().as_str(),
+                f.kind,
+                f.object,
+                f.detail
+            ));
+        }
+        let info = report.findings.len() - report.problems() - report.repaired();
+        s.push_str(&format!(
+            "{} image{} checked: {} problem{}, {} repaired, {} info\n",
+            report.images,
+            if report.images == 1 { "" } else { "s" },
+            report.problems(),
+            if report.problems() == 1 { "" } else { "s" },
+            report.repaired(),
+            info
+        ));
+        text(out, &s)?;
+    }
+    if let Some(e) = report
+        .errors
+        .iter()
+        .find(|e| e.error.kind() == ErrorKind::Busy)
+        .or(report.errors.first())
+    {
+        let mut err = CliError::errno(
+            format!("rbd-row: check --repair: cannot repair image {}", e.image),
+            e.error.kind().errno(),
+        );
+        err.detail = Some(e.error.message().to_string());
+        return Err(err);
+    }
+    if report.problems() > 0 {
+        let hint = if repair {
+            "; the rest needs an operator"
+        } else {
+            "; run with --repair to fix the repairable ones"
+        };
+        return Err(CliError::errno(
+            format!(
+                "rbd-row: check found {} problem{}{hint}",
+                report.problems(),
+                if report.problems() == 1 { "" } else { "s" }
+            ),
+            EUCLEAN,
+        ));
+    }
+    Ok(())
 }
 
 async fn du(

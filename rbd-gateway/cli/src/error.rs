@@ -52,6 +52,7 @@ pub fn strerror(errno: i32) -> &'static str {
         95 => "Operation not supported",
         108 => "Cannot send after transport endpoint shutdown",
         110 => "Connection timed out",
+        117 => "Structure needs cleaning",
         125 => "Operation canceled",
         _ => "Unknown error",
     }
