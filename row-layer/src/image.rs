@@ -274,7 +274,12 @@ impl Image {
     }
 
     /// The resolution of grains `[g0, g1)` of object `o` (all in that object).
-    pub(crate) fn locs(&self, o: ObjectNo, g0: u64, g1: u64) -> (Vec<Loc>, Vec<(ImageId, Epoch)>) {
+    pub(crate) fn locs(
+        &self,
+        o: ObjectNo,
+        g0: u64,
+        g1: u64,
+    ) -> (Vec<Loc>, Arc<Vec<(ImageId, Epoch)>>) {
         let geo = self.inner.geo;
         let first = geo.first_grain(o);
         let mut st = self.state();

@@ -38,7 +38,9 @@ pub(crate) struct Link {
 pub(crate) struct Chain {
     pub(crate) links: Vec<Link>,
     /// (image, epoch) of every data source a [`Loc`] can name.
-    pub(crate) sources: Vec<(ImageId, Epoch)>,
+    /// Shared, so the read path takes it with a reference count instead of
+    /// copying a table that grows with the image's history.
+    pub(crate) sources: Arc<Vec<(ImageId, Epoch)>>,
 }
 
 impl Chain {
@@ -51,7 +53,7 @@ impl Chain {
         {
             return i as u32;
         }
-        self.sources.push((image.clone(), epoch));
+        Arc::make_mut(&mut self.sources).push((image.clone(), epoch));
         (self.sources.len() - 1) as u32
     }
 
