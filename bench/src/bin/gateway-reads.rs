@@ -4,7 +4,8 @@
 //! alternate between the two so machine noise hits both, and the printed
 //! ratio image/control per snapshot count shows what snapshots cost on the
 //! gateway's read path (structured replies, so every read asks the export
-//! for `base:allocation` to send holes).
+//! for `base:allocation` to send holes). The same reads straight on the
+//! engine handles give the engine's own ratio alongside.
 //!
 //! ```sh
 //! # local store in a temporary directory (no Ceph needed)
@@ -92,6 +93,33 @@ async fn random_writes(img: &Image, n: u64, seed: u64) -> anyhow::Result<()> {
     rbd_row_bench::random_writes(img, 4096, n, 16, seed).await?;
     img.flush().await?;
     Ok(())
+}
+
+/// `ops` random 4 KiB reads straight on the engine handle (no NBD), with
+/// `depth` in flight: the engine's own cost, for comparison.
+async fn engine_reads(img: &Image, ops: u64, depth: usize, seed: u64) -> anyhow::Result<f64> {
+    let slots = img.size() / 4096;
+    let mut rng = SmallRng::seed_from_u64(seed);
+    let sem = Arc::new(Semaphore::new(depth));
+    let mut tasks = tokio::task::JoinSet::new();
+    let start = Instant::now();
+    for _ in 0..ops {
+        let permit = sem.clone().acquire_owned().await?;
+        let img = img.clone();
+        let off = rng.gen_range(0..slots) * 4096;
+        tasks.spawn(async move {
+            let r = img.read(off, 4096).await;
+            drop(permit);
+            r.map(|_| ())
+        });
+        while let Some(done) = tasks.try_join_next() {
+            done??;
+        }
+    }
+    while let Some(done) = tasks.join_next().await {
+        done??;
+    }
+    Ok(ops as f64 / start.elapsed().as_secs_f64().max(1e-9))
 }
 
 /// A pipelined NBD client with structured replies.
@@ -333,7 +361,10 @@ async fn main() -> anyhow::Result<()> {
         args.written,
         args.churn
     );
-    println!("snapshots  image_iops  control_iops  ratio(image/control)");
+    println!(
+        "snapshots  image_iops  control_iops  ratio(image/control)  \
+         engine_image_iops  engine_control_iops  engine_ratio"
+    );
     let mut taken = 0u32;
     for &target in &args.steps {
         while taken < target {
@@ -343,13 +374,20 @@ async fn main() -> anyhow::Result<()> {
             random_writes(&ctl, args.churn, seed).await?;
             taken += 1;
         }
-        let (mut r, mut c) = (0.0, 0.0);
+        let (mut r, mut c, mut er, mut ec) = (0.0, 0.0, 0.0, 0.0);
+        let n = f64::from(args.rounds);
         for round in 0..args.rounds {
             let seed = 1000 * u64::from(round + 1) + u64::from(target);
-            r += measure(&args, addr, &img_name, size, seed).await? / f64::from(args.rounds);
-            c += measure(&args, addr, &ctl_name, size, seed).await? / f64::from(args.rounds);
+            r += measure(&args, addr, &img_name, size, seed).await? / n;
+            c += measure(&args, addr, &ctl_name, size, seed).await? / n;
+            er += engine_reads(&img, args.ops, args.depth, seed + 7).await? / n;
+            ec += engine_reads(&ctl, args.ops, args.depth, seed + 7).await? / n;
         }
-        println!("{target:>9}  {r:>10.0}  {c:>12.0}  {:>20.2}", r / c);
+        println!(
+            "{target:>9}  {r:>10.0}  {c:>12.0}  {:>20.2}  {er:>17.0}  {ec:>19.0}  {:>12.2}",
+            r / c,
+            er / ec
+        );
     }
 
     drop((img, ctl));
