@@ -290,6 +290,21 @@ impl Store {
         request_id: Option<u64>,
         timeout: Duration,
     ) -> Result<Vec<OwnerReply>> {
+        Ok(self
+            .notify_owner_counting(id, req, request_id, timeout)
+            .await?
+            .0)
+    }
+
+    /// [`Store::notify_owner`], also returning how many watchers the
+    /// request reached, whether they answered or not (`None`: unknown).
+    async fn notify_owner_counting(
+        &self,
+        id: &crate::ids::ImageId,
+        req: &OwnerRequest,
+        request_id: Option<u64>,
+        timeout: Duration,
+    ) -> Result<(Vec<OwnerReply>, Option<usize>)> {
         let payload = match request_id {
             Some(rid) => envelope::encode(
                 REQUEST_WITH_ID,
@@ -300,14 +315,16 @@ impl Store {
             )?,
             None => envelope::encode(REQUEST, req)?,
         };
-        let replies = self
+        let (replies, missed) = self
             .backend()
-            .notify(&layout::header_object(id), Bytes::from(payload), timeout)
+            .notify_counting_timeouts(&layout::header_object(id), Bytes::from(payload), timeout)
             .await?;
-        Ok(replies
+        // An empty or undecodable reply is left out: it is not an answer.
+        let answers = replies
             .iter()
             .filter_map(|r| envelope::decode::<OwnerReply>(REPLY, r).ok())
-            .collect())
+            .collect();
+        Ok((answers, missed.map(|m| m + replies.len())))
     }
 
     /// Whether `owner` (the current lock holder of image `name`) answers.
@@ -376,9 +393,15 @@ impl Store {
                     // with the first run's result.
                 }
             }
-            let replies = self
-                .notify_owner(&id, &req, Some(request_id), self.options().request_timeout)
+            let (replies, reached) = self
+                .notify_owner_counting(&id, &req, Some(request_id), self.options().request_timeout)
                 .await?;
+            if reached == Some(0) {
+                // Nobody was watching: the request reached no owner, so it
+                // may still run anywhere (the owner went away meanwhile).
+                sent_to = None;
+                continue;
+            }
             for r in replies {
                 match r {
                     OwnerReply::Done => return Ok(()),

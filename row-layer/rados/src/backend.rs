@@ -712,9 +712,13 @@ impl RadosBackend {
         let c_oid = cstring(oid, "object name")?;
         let len = c_int::try_from(payload.len())
             .map_err(|_| crate::error::invalid("notify payload larger than 2 GiB"))?;
+        // librados hands the OSD whole seconds (timeout_ms / 1000), and 0
+        // means the OSD's default (30 s): round up to a whole second.
         let timeout_ms = u64::try_from(timeout.as_millis())
             .unwrap_or(u64::MAX)
-            .max(1);
+            .max(1)
+            .div_ceil(1000)
+            .saturating_mul(1000);
         let shown = format!("notify {oid}");
         blocking(move || {
             let mut reply: *mut c_char = ptr::null_mut();
@@ -1289,6 +1293,22 @@ impl Backend for RadosBackend {
         async move {
             let reply = self.notify_raw(&oid, payload, timeout).await?;
             Ok(reply.acks.into_iter().map(|a| a.payload).collect())
+        }
+        .boxed()
+    }
+
+    fn notify_counting_timeouts(
+        &self,
+        oid: &str,
+        payload: Bytes,
+        timeout: Duration,
+    ) -> BoxFuture<'_, Result<(Vec<Bytes>, Option<usize>)>> {
+        let oid = oid.to_string();
+        async move {
+            let reply = self.notify_raw(&oid, payload, timeout).await?;
+            let missed = reply.timeouts.len();
+            let acks = reply.acks.into_iter().map(|a| a.payload).collect();
+            Ok((acks, Some(missed)))
         }
         .boxed()
     }

@@ -258,4 +258,18 @@ pub trait Backend: Send + Sync + 'static {
         payload: Bytes,
         timeout: Duration,
     ) -> BoxFuture<'_, Result<Vec<Bytes>>>;
+
+    /// [`Backend::notify`], also telling how many watchers received the
+    /// notification but did not answer in time: `Some(0)` with no replies
+    /// means it reached nobody. `None` if the backend cannot tell (the
+    /// default).
+    fn notify_counting_timeouts(
+        &self,
+        oid: &str,
+        payload: Bytes,
+        timeout: Duration,
+    ) -> BoxFuture<'_, Result<(Vec<Bytes>, Option<usize>)>> {
+        let sent = self.notify(oid, payload, timeout);
+        Box::pin(async move { Ok((sent.await?, None)) })
+    }
 }
