@@ -55,6 +55,61 @@ RBD_ROW_CEPH_DIR="$OSD3_CEPH_DIR" tests/ceph/cluster.sh stop >/dev/null
 cargo clippy --workspace --all-targets -- -D warnings
 cargo fmt --all -- --check
 
+# >>> fuzz (issue 10; fuzz/, docs/FUZZING.md) >>>>>>>>>>>>>>>>>>>>>>>>>>>>>>>
+# Every cargo-fuzz target in fuzz/ (its own workspace and target dir,
+# fuzz/target, because of the sanitizer flags) is built once and run for
+# ROW_FUZZ_SECONDS (default 60) over a temporary copy of its committed
+# corpus fuzz/corpus/<target>, ROW_FUZZ_JOBS (default 2) targets at a time.
+# Any crash, timeout, leak or OOM fails the suite; the input is left in
+# fuzz/artifacts/<target>/. ROW_FUZZ_SECONDS=0 skips the block.
+fuzz_seconds="${ROW_FUZZ_SECONDS:-60}"
+if [ "$fuzz_seconds" != 0 ]; then
+    command -v cargo-fuzz >/dev/null || cargo install cargo-fuzz --locked
+    if rustup toolchain list 2>/dev/null | grep -q '^nightly'; then
+        fuzz_cargo=(cargo +nightly)
+    else
+        fuzz_cargo=(env RUSTC_BOOTSTRAP=1 cargo)
+    fi
+    # Shared dependencies at the workspace's locked versions.
+    [ -f fuzz/Cargo.lock ] || cp Cargo.lock fuzz/Cargo.lock
+    fuzz_start=$SECONDS
+    (cd fuzz && "${fuzz_cargo[@]}" fuzz build -a)
+    echo "fuzz: built $(cd fuzz && "${fuzz_cargo[@]}" fuzz list | wc -l) targets in $((SECONDS - fuzz_start)) s"
+    fuzz_tmp=$(mktemp -d /tmp/rbd-row-fuzz.XXXXXX)
+    fuzz_one() {
+        local t=$1
+        mkdir -p "$fuzz_tmp/corpus/$t"
+        cp fuzz/corpus/"$t"/*.bin "$fuzz_tmp/corpus/$t/"
+        if (cd fuzz && "${fuzz_cargo[@]}" fuzz run -a "$t" "$fuzz_tmp/corpus/$t" -- \
+            -max_total_time="$fuzz_seconds" -timeout=30 -rss_limit_mb=2048 \
+            -print_final_stats=1) >"$fuzz_tmp/$t.log" 2>&1; then
+            echo "fuzz $t: ok, $(awk '/stat::number_of_executed_units/ { print $2 }' "$fuzz_tmp/$t.log") runs in ${fuzz_seconds} s, corpus $(ls "$fuzz_tmp/corpus/$t" | wc -l) inputs"
+        else
+            echo "fuzz $t: FAILED (input in fuzz/artifacts/$t/; log below)"
+            tail -n 60 "$fuzz_tmp/$t.log"
+            return 1
+        fi
+    }
+    fuzz_failed=0
+    fuzz_pids=()
+    for t in $(cd fuzz && "${fuzz_cargo[@]}" fuzz list); do
+        fuzz_one "$t" &
+        fuzz_pids+=($!)
+        if ((${#fuzz_pids[@]} >= ${ROW_FUZZ_JOBS:-2})); then
+            wait "${fuzz_pids[0]}" || fuzz_failed=1
+            fuzz_pids=("${fuzz_pids[@]:1}")
+        fi
+    done
+    for p in "${fuzz_pids[@]}"; do wait "$p" || fuzz_failed=1; done
+    rm -rf "$fuzz_tmp"
+    echo "fuzz: $((SECONDS - fuzz_start)) s in all"
+    if ((fuzz_failed)); then
+        echo "fuzz: a target failed" >&2
+        exit 1
+    fi
+fi
+# <<< fuzz <<<<<<<<<<<<<<<<<<<<<<<<<<<<<<<<<<<<<<<<<<<<<<<<<<<<<<<<<<<<<<<<<<<
+
 # One plain closing line over every cargo test run above (tests ignored in
 # the first run are the cluster tests, which the later runs execute).
 awk '/^test result:/ { p += $4; f += $6 } END { printf "run-all: %d passed, %d failed\n", p, f }' /tmp/rbd-row-tests.log
