@@ -17,6 +17,7 @@
 //! of the control task, so no snapshot removal or reclaim can trim or splice
 //! the root while it runs; client I/O goes on.
 
+use crate::backend::ext::NotFoundExt;
 use crate::backend::{Action, WriteOp};
 use crate::error::{Error, ErrorKind, Result};
 use crate::ids::{Epoch, ObjectNo};
@@ -203,11 +204,14 @@ impl Image {
             let (img, ep) = &through_parent.sources[(locs[i] - FIRST_SOURCE) as usize];
             let src = layout::data_object(img, o, *ep);
             let len = (j - i) as u64 * gs;
-            let got = match self.inner.backend.read(&src, i as u64 * gs, len).await {
-                Ok(b) => b,
-                Err(e) if e.kind() == ErrorKind::NotFound => Bytes::new(),
-                Err(e) => return Err(e.context(format!("reading {src} for flatten"))),
-            };
+            let got = self
+                .inner
+                .backend
+                .read(&src, i as u64 * gs, len)
+                .await
+                .or_absent()
+                .map_err(|e| e.context(format!("reading {src} for flatten")))?
+                .unwrap_or_default();
             let mut buf = BytesMut::zeroed(len as usize);
             buf[..got.len()].copy_from_slice(&got);
             actions.push(Action::Write {
@@ -276,19 +280,13 @@ impl Image {
             .backend
             .operate(
                 &layout::children_object(&parent.image),
-                WriteOp::new().action(Action::OmapRemove(vec![format!(
-                    "{:016x}.{}",
-                    parent.snap.0,
-                    self.id()
+                WriteOp::new().action(Action::OmapRemove(vec![layout::children_key(
+                    parent.snap,
+                    self.id(),
                 )])),
             )
             .await
-            .or_else(|e| {
-                if e.kind() == ErrorKind::NotFound {
-                    Ok(())
-                } else {
-                    Err(e)
-                }
-            })
+            .or_absent()
+            .map(|_| ())
     }
 }

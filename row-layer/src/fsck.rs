@@ -32,13 +32,14 @@
 //!
 //! The `verify_records` check of `lifecycle.rs` is part of this scan.
 
+use crate::backend::ext::{BackendExt, NotFoundExt};
 use crate::backend::{Action, Backend, Guard, WriteOp};
 use crate::error::{Error, ErrorKind, Result};
 use crate::ids::{Epoch, ImageId, SnapId};
 use crate::image::OWNER_XATTR;
 use crate::layout;
 use crate::records::{self, EpochDelta, EpochState, HeaderRecord};
-use crate::store::{omap_all, read_all, Store};
+use crate::store::Store;
 use bytes::Bytes;
 use futures::stream::{self, StreamExt};
 use std::collections::{BTreeMap, BTreeSet};
@@ -306,7 +307,7 @@ fn newer_version(bytes: &[u8]) -> Option<u16> {
 
 async fn header_state(b: &dyn Backend, id: &ImageId) -> Result<HeaderState> {
     let oid = layout::header_object(id);
-    let bytes = match read_all(b, &oid).await {
+    let bytes = match b.read_all(&oid).await {
         Ok(bytes) => bytes,
         Err(e) if e.kind() == ErrorKind::NotFound => return Ok(HeaderState::Missing),
         Err(e) => return Err(e),
@@ -333,7 +334,7 @@ enum RecordState {
 }
 
 async fn record_state(b: &dyn Backend, id: &ImageId, e: Epoch) -> Result<RecordState> {
-    let bytes = match read_all(b, &layout::epoch_object(id, e)).await {
+    let bytes = match b.read_all(&layout::epoch_object(id, e)).await {
         Ok(bytes) => bytes,
         Err(err) if err.kind() == ErrorKind::NotFound => return Ok(RecordState::Missing),
         Err(err) => return Err(err),
@@ -381,9 +382,7 @@ fn epoch_of(oid: &str) -> Option<Epoch> {
         .map(|(_, e)| e)
 }
 
-fn children_key(snap: SnapId, child: &ImageId) -> String {
-    format!("{:016x}.{child}", snap.0)
-}
+use layout::children_key;
 
 fn parse_children_key(k: &str) -> Option<(SnapId, ImageId)> {
     let (s, c) = k.split_once('.')?;
@@ -418,11 +417,11 @@ struct Scanner<'a> {
 }
 
 async fn directory(b: &dyn Backend, prefix: &str) -> Result<BTreeMap<String, String>> {
-    let kvs = match omap_all(b, layout::DIRECTORY, prefix).await {
-        Ok(kvs) => kvs,
-        Err(e) if e.kind() == ErrorKind::NotFound => Vec::new(),
-        Err(e) => return Err(e),
-    };
+    let kvs = b
+        .omap_all(layout::DIRECTORY, prefix)
+        .await
+        .or_absent()?
+        .unwrap_or_default();
     Ok(kvs
         .into_iter()
         .filter_map(|(k, v)| {
@@ -433,7 +432,7 @@ async fn directory(b: &dyn Backend, prefix: &str) -> Result<BTreeMap<String, Str
 }
 
 async fn id_object(b: &dyn Backend, name: &str) -> Result<Option<Option<ImageId>>> {
-    match read_all(b, &layout::id_object(name)).await {
+    match b.read_all(&layout::id_object(name)).await {
         Ok(bytes) => Ok(Some(std::str::from_utf8(&bytes).ok().and_then(parse_id))),
         Err(e) if e.kind() == ErrorKind::NotFound => Ok(None),
         Err(e) => Err(e),
@@ -956,11 +955,12 @@ impl Scanner<'_> {
             }
         }
         // Touch keys.
-        let touch = match omap_all(self.b, &hdr, "touch.").await {
-            Ok(t) => t,
-            Err(e) if e.kind() == ErrorKind::NotFound => Vec::new(),
-            Err(e) => return Err(e),
-        };
+        let touch = self
+            .b
+            .omap_all(&hdr, "touch.")
+            .await
+            .or_absent()?
+            .unwrap_or_default();
         for (k, _) in touch {
             let stray = match layout::parse_touch_key(&k) {
                 Ok((e, _)) if live.contains(&e) || garbage.contains(&e) => continue,
@@ -1055,7 +1055,7 @@ impl Scanner<'_> {
 
     async fn check_children(&mut self, id: &ImageId, name: Option<String>) -> Result<()> {
         let reg = layout::children_object(id);
-        let kvs = match omap_all(self.b, &reg, "").await {
+        let kvs = match self.b.omap_all(&reg, "").await {
             Ok(kvs) => kvs,
             Err(e) if e.kind() == ErrorKind::NotFound => return Ok(()),
             Err(e) => return Err(e),

@@ -10,6 +10,7 @@
 //! resize, reclaim) take the gate exclusively, so they fall between
 //! acknowledged writes. The state mutex is never held across an `.await`.
 
+use crate::backend::ext::BackendExt;
 use crate::backend::{Action, Backend, Guard, WriteOp};
 use crate::error::{Error, ErrorKind, Result};
 use crate::ids::{Epoch, ImageId, ObjectNo, SnapId};
@@ -621,7 +622,7 @@ impl Image {
     /// Whether a failed data op on `oid` landed: all of the grain keys it
     /// set hold its values.
     async fn op_landed(&self, oid: &str, keys: &[(String, Bytes)]) -> Result<bool> {
-        let stored = match crate::store::omap_all(&*self.inner.backend, oid, "").await {
+        let stored = match self.inner.backend.omap_all(oid, "").await {
             Ok(kv) => kv.into_iter().collect::<HashMap<String, Bytes>>(),
             Err(e) if e.kind() == ErrorKind::NotFound => return Ok(false),
             Err(e) => return Err(e),

@@ -12,7 +12,7 @@
 //! - `rbd_row_children.<id>`: omap `<snap id>.<child id>` for clones of a snapshot.
 
 use crate::error::{Error, Result};
-use crate::ids::{Epoch, ImageId, ObjectNo};
+use crate::ids::{Epoch, ImageId, ObjectNo, SnapId};
 
 /// The pool-wide image directory object.
 pub const DIRECTORY: &str = "rbd_row_directory";
@@ -42,6 +42,24 @@ pub fn data_object(id: &ImageId, o: ObjectNo, e: Epoch) -> String {
 /// Clone registry of an image's snapshots.
 pub fn children_object(id: &ImageId) -> String {
     format!("rbd_row_children.{id}")
+}
+/// Key in the parent's children registry for clone `child` of snapshot `snap`.
+pub fn children_key(snap: SnapId, child: &ImageId) -> String {
+    format!("{:016x}.{child}", snap.0)
+}
+/// Prefix of the children registry keys of snapshot `snap`.
+pub fn children_prefix(snap: SnapId) -> String {
+    format!("{:016x}.", snap.0)
+}
+/// The (snapshot, child) a children registry key names.
+pub fn parse_children_key(key: &str) -> Result<(SnapId, ImageId)> {
+    let bad = || Error::corrupt(format!("bad children key {key:?}"));
+    let (s, c) = key.split_once('.').ok_or_else(bad)?;
+    let snap = u64::from_str_radix(s, 16).map_err(|_| bad())?;
+    if s.len() != 16 || c.is_empty() {
+        return Err(bad());
+    }
+    Ok((SnapId(snap), ImageId(c.to_string())))
 }
 /// Header omap key recording that object `o` has a data object in open epoch `e`.
 pub fn touch_key(e: Epoch, o: ObjectNo) -> String {

@@ -1,12 +1,13 @@
 //! Image lifecycle beyond create/open: remove, clone, children and
 //! image-meta (flatten has its own file).
 
+use crate::backend::ext::{BackendExt, NotFoundExt};
 use crate::backend::{Action, Guard, WriteOp};
-use crate::error::{Error, ErrorKind, Result};
+use crate::error::{Error, Result};
 use crate::ids::{ImageId, SnapId};
 use crate::layout::{self, Geometry};
 use crate::records::{EpochState, ParentLink};
-use crate::store::{omap_all, read_epoch, read_header, Store};
+use crate::store::{read_epoch, read_header, Store};
 use bytes::Bytes;
 use futures::stream::{self, StreamExt, TryStreamExt};
 
@@ -16,11 +17,7 @@ impl Store {
         let id = self.image_id(name).await?;
         let hdr = layout::header_object(&id);
         let backend = self.backend().clone();
-        let header = match read_header(&*backend, &id).await {
-            Ok(h) => Some(h),
-            Err(e) if e.kind() == ErrorKind::NotFound => None,
-            Err(e) => return Err(e),
-        };
+        let header = read_header(&*backend, &id).await.or_absent()?;
         if let Some(h) = &header {
             if !h.snapshots.is_empty() {
                 return Err(Error::busy(format!(
@@ -62,19 +59,11 @@ impl Store {
                 backend
                     .operate(
                         &layout::children_object(&p.image),
-                        WriteOp::new().action(Action::OmapRemove(vec![format!(
-                            "{:016x}.{}",
-                            p.snap.0, id
-                        )])),
+                        WriteOp::new()
+                            .action(Action::OmapRemove(vec![layout::children_key(p.snap, &id)])),
                     )
                     .await
-                    .or_else(|e| {
-                        if e.kind() == ErrorKind::NotFound {
-                            Ok(())
-                        } else {
-                            Err(e)
-                        }
-                    })?;
+                    .or_absent()?;
             }
         }
         backend.operate(&hdr, WriteOp::remove()).await?;
@@ -118,7 +107,7 @@ impl Store {
             .operate(
                 &layout::children_object(&pid),
                 WriteOp::new().omap_set1(
-                    format!("{:016x}.{}", s.id.0, cid),
+                    layout::children_key(s.id, &cid),
                     Bytes::from(child.to_string()),
                 ),
             )
@@ -136,33 +125,31 @@ impl Store {
                 let sid: SnapId = h.snap(s).map(|r| r.id).ok_or_else(|| {
                     Error::not_found(format!("snapshot {name}@{s} does not exist"))
                 })?;
-                format!("{:016x}.", sid.0)
+                layout::children_prefix(sid)
             }
             None => String::new(),
         };
-        let kvs = match omap_all(&**self.backend(), &layout::children_object(&id), &prefix).await {
-            Ok(v) => v,
-            Err(e) if e.kind() == ErrorKind::NotFound => Vec::new(),
-            Err(e) => return Err(e),
-        };
-        Ok(kvs
-            .into_iter()
+        let kvs = self
+            .backend()
+            .omap_all(&layout::children_object(&id), &prefix)
+            .await
+            .or_absent()?
+            .unwrap_or_default();
+        kvs.into_iter()
             .map(|(k, v)| {
-                let cid = k.split('.').nth(1).unwrap_or_default().to_string();
-                (ImageId(cid), String::from_utf8_lossy(&v).into_owned())
+                let (_, cid) = layout::parse_children_key(&k)?;
+                Ok((cid, String::from_utf8_lossy(&v).into_owned()))
             })
-            .collect())
+            .collect()
     }
 
     /// Reads image-meta `key`.
     pub async fn meta_get(&self, name: &str, key: &str) -> Result<Option<String>> {
         let id = self.image_id(name).await?;
-        let kvs = omap_all(
-            &**self.backend(),
-            &layout::header_object(&id),
-            &layout::meta_key(key),
-        )
-        .await?;
+        let kvs = self
+            .backend()
+            .omap_all(&layout::header_object(&id), &layout::meta_key(key))
+            .await?;
         Ok(kvs
             .into_iter()
             .find(|(k, _)| *k == layout::meta_key(key))
@@ -206,7 +193,10 @@ impl Store {
     /// All image-meta entries, sorted by key.
     pub async fn meta_list(&self, name: &str) -> Result<Vec<(String, String)>> {
         let id = self.image_id(name).await?;
-        let kvs = omap_all(&**self.backend(), &layout::header_object(&id), "meta.").await?;
+        let kvs = self
+            .backend()
+            .omap_all(&layout::header_object(&id), "meta.")
+            .await?;
         Ok(kvs
             .into_iter()
             .map(|(k, v)| {

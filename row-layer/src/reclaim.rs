@@ -18,13 +18,14 @@
 //! Before step 3 the backend is flushed, so a child's rewrite is durable
 //! before the grain it hides is punched.
 
+use crate::backend::ext::{BackendExt, NotFoundExt};
 use crate::backend::{Action, WriteOp};
 use crate::error::{Error, ErrorKind, Result};
 use crate::ids::{Epoch, ObjectNo};
 use crate::image::Image;
 use crate::layout;
 use crate::records::{EpochDelta, EpochState, HeaderRecord};
-use crate::store::{build_chain, omap_all, read_epoch, read_header};
+use crate::store::{build_chain, read_epoch, read_header};
 use bytes::Bytes;
 use futures::stream::{self, StreamExt, TryStreamExt};
 use roaring::RoaringTreemap;
@@ -107,7 +108,7 @@ impl Image {
                 }
                 Err(e) => return Err(e),
             }
-            let touch = omap_all(&*backend, &hdr_oid, &layout::touch_prefix(g)).await?;
+            let touch = backend.omap_all(&hdr_oid, &layout::touch_prefix(g)).await?;
             let mut keys = Vec::with_capacity(touch.len());
             for (k, _) in touch {
                 let (_, o) = layout::parse_touch_key(&k)?;
@@ -297,12 +298,7 @@ impl Image {
         stream::iter(ops)
             .map(|(oid, op)| {
                 let backend = backend.clone();
-                async move {
-                    match backend.operate(&oid, op).await {
-                        Err(e) if e.kind() == ErrorKind::NotFound => Ok(()),
-                        r => r,
-                    }
-                }
+                async move { backend.operate(&oid, op).await.or_absent().map(|_| ()) }
             })
             .buffer_unordered(DELETE_PARALLELISM)
             .try_collect::<Vec<()>>()

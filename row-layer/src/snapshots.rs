@@ -9,6 +9,7 @@
 //! writes the sealed epoch's record; rollback and clone only rewrite the
 //! header. None of them touches data objects; the reclaimer does that later.
 
+use crate::backend::ext::{BackendExt, NotFoundExt};
 use crate::backend::{Action, Guard, WriteOp};
 use crate::error::{Error, ErrorKind, Result};
 use crate::ids::{Epoch, SnapId};
@@ -18,7 +19,7 @@ use crate::lineage::Chain;
 use crate::records::{
     BookmarkRecord, EpochDelta, EpochMeta, EpochState, HeaderRecord, SnapRecord, Timestamp,
 };
-use crate::store::{build_chain, omap_all};
+use crate::store::build_chain;
 use bytes::Bytes;
 use std::sync::Arc;
 
@@ -325,18 +326,14 @@ impl Image {
     }
 
     pub(crate) async fn has_children(&self, snap: SnapId) -> Result<bool> {
-        let prefix = format!("{:016x}.", snap.0);
-        match omap_all(
-            &*self.inner.backend,
-            &layout::children_object(&self.inner.id),
-            &prefix,
-        )
-        .await
-        {
-            Ok(v) => Ok(!v.is_empty()),
-            Err(e) if e.kind() == ErrorKind::NotFound => Ok(false),
-            Err(e) => Err(e),
-        }
+        let prefix = layout::children_prefix(snap);
+        let children = self
+            .inner
+            .backend
+            .omap_all(&layout::children_object(&self.inner.id), &prefix)
+            .await
+            .or_absent()?;
+        Ok(children.is_some_and(|v| !v.is_empty()))
     }
 
     /// Makes the head read exactly like snapshot `name`: metadata only. The

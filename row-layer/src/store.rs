@@ -3,6 +3,7 @@
 //! A [`Store`] is the entry point of the library, over one backend instance
 //! (one RADOS pool and namespace, or one local directory).
 
+use crate::backend::ext::{BackendExt, NotFoundExt};
 use crate::backend::{Action, Backend, Guard, WriteOp};
 use crate::error::{Error, ErrorKind, Result};
 use crate::ids::{Epoch, ImageId, ObjectNo};
@@ -18,8 +19,6 @@ use std::sync::{Arc, Mutex};
 
 /// How many metadata reads open issues at once.
 const OPEN_PARALLELISM: usize = 32;
-/// Omap entries per request (the OSD returns at most 1024).
-pub(crate) const OMAP_PAGE: usize = 1024;
 
 /// Options for [`Store::create`].
 #[derive(Debug, Clone, Copy)]
@@ -59,43 +58,10 @@ pub struct Store {
     options: ImageOptions,
 }
 
-pub(crate) async fn read_all(backend: &dyn Backend, oid: &str) -> Result<Bytes> {
-    let st = backend.stat(oid).await?;
-    let bytes = backend.read(oid, 0, st.size).await?;
-    if bytes.len() as u64 != st.size {
-        return Err(Error::corrupt(format!(
-            "{oid}: read {} of {} bytes",
-            bytes.len(),
-            st.size
-        )));
-    }
-    Ok(bytes)
-}
-
-/// All omap entries of `oid` under `prefix` (paged).
-pub(crate) async fn omap_all(
-    backend: &dyn Backend,
-    oid: &str,
-    prefix: &str,
-) -> Result<Vec<(String, Bytes)>> {
-    let mut out = Vec::new();
-    let mut after = String::new();
-    loop {
-        let page = backend.omap_get(oid, &after, prefix, OMAP_PAGE).await?;
-        let Some((last, _)) = page.last() else { break };
-        after = last.clone();
-        let n = page.len();
-        out.extend(page);
-        if n < OMAP_PAGE {
-            break;
-        }
-    }
-    Ok(out)
-}
-
 pub(crate) async fn read_header(backend: &dyn Backend, id: &ImageId) -> Result<HeaderRecord> {
     let oid = layout::header_object(id);
-    let bytes = read_all(backend, &oid)
+    let bytes = backend
+        .read_all(&oid)
         .await
         .map_err(|e| e.context(format!("reading header of image {id}")))?;
     HeaderRecord::decode(&bytes)
@@ -107,7 +73,7 @@ pub(crate) async fn read_epoch(
     e: Epoch,
 ) -> Result<EpochDelta> {
     let oid = layout::epoch_object(id, e);
-    let bytes = read_all(backend, &oid).await.map_err(|err| {
+    let bytes = backend.read_all(&oid).await.map_err(|err| {
         if err.kind() == ErrorKind::NotFound {
             Error::corrupt(format!("epoch record {oid} of a sealed epoch is missing"))
         } else {
@@ -135,7 +101,9 @@ pub(crate) async fn recover_open_epoch(
     geo: &Geometry,
 ) -> Result<EpochDelta> {
     let hdr = layout::header_object(&h.id);
-    let touch = omap_all(backend, &hdr, &layout::touch_prefix(h.head)).await?;
+    let touch = backend
+        .omap_all(&hdr, &layout::touch_prefix(h.head))
+        .await?;
     let mut objects = Vec::with_capacity(touch.len());
     for (k, _) in &touch {
         let (e, o) = layout::parse_touch_key(k)?;
@@ -153,11 +121,9 @@ pub(crate) async fn recover_open_epoch(
     let states: Vec<(ObjectNo, Vec<(String, Bytes)>)> = stream::iter(objects)
         .map(|o| async move {
             let oid = layout::data_object(&h.id, o, h.head);
-            match omap_all(backend, &oid, "").await {
-                Ok(kv) => Ok((o, kv)),
-                Err(e) if e.kind() == ErrorKind::NotFound => Ok((o, Vec::new())),
-                Err(e) => Err(e.context(format!("recovering {oid}"))),
-            }
+            let kv = backend.omap_all(&oid, "").await.or_absent();
+            kv.map(|kv| (o, kv.unwrap_or_default()))
+                .map_err(|e| e.context(format!("recovering {oid}")))
         })
         .buffer_unordered(OPEN_PARALLELISM)
         .try_collect()
@@ -292,7 +258,7 @@ impl Store {
     /// The id of the image called `name`.
     pub async fn image_id(&self, name: &str) -> Result<ImageId> {
         layout::validate_name("image", name)?;
-        let bytes = match read_all(&*self.backend, &layout::id_object(name)).await {
+        let bytes = match self.backend.read_all(&layout::id_object(name)).await {
             Ok(b) => b,
             Err(e) if e.kind() == ErrorKind::NotFound => {
                 return Err(Error::not_found(format!("image {name} does not exist")))
@@ -397,11 +363,12 @@ impl Store {
 
     /// Image names and ids, sorted by name.
     pub async fn list(&self) -> Result<Vec<ImageEntry>> {
-        let kvs = match omap_all(&*self.backend, layout::DIRECTORY, "name.").await {
-            Ok(kvs) => kvs,
-            Err(e) if e.kind() == ErrorKind::NotFound => Vec::new(),
-            Err(e) => return Err(e),
-        };
+        let kvs = self
+            .backend
+            .omap_all(layout::DIRECTORY, "name.")
+            .await
+            .or_absent()?
+            .unwrap_or_default();
         let mut out = Vec::with_capacity(kvs.len());
         for (k, v) in kvs {
             let id = String::from_utf8(v.to_vec())
@@ -460,15 +427,10 @@ impl Store {
                 "owner does not answer: fencing it and breaking its lock"
             );
             self.backend.fence(&owner).await?;
-            match self
-                .backend
+            self.backend
                 .break_lock(hdr, layout::OWNER_LOCK, &owner)
                 .await
-            {
-                Ok(()) => {}
-                Err(e) if e.kind() == ErrorKind::NotFound => {}
-                Err(e) => return Err(e),
-            }
+                .or_absent()?;
         }
         Err(Error::busy(format!(
             "could not take ownership of image {name}"

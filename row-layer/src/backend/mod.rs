@@ -38,6 +38,7 @@
 //! engine treats missing bytes as zeros.
 
 pub mod conformance;
+pub mod ext;
 pub mod fault;
 pub mod local;
 pub mod mem;
