@@ -7,7 +7,7 @@
 //! releases read old records (fixtures of every version are kept in
 //! `row-layer/tests/fixtures`). Decoding never panics on hostile bytes.
 
-use crate::error::{Error, Result};
+use crate::error::{Error, ErrorKind, Result};
 use serde::{de::DeserializeOwned, Serialize};
 
 /// Every record type has its own four-byte magic.
@@ -80,7 +80,18 @@ pub fn open(rt: RecordType, bytes: &[u8]) -> Result<(u16, &[u8])> {
             "{name} record checksum mismatch (stored {stored:08x}, computed {actual:08x})"
         )));
     }
-    if version < rt.oldest_readable || version > rt.current_version {
+    if version > rt.current_version {
+        // Intact (the crc matches) but written by a newer rbd-row: not damage.
+        return Err(Error::new(
+            ErrorKind::Unsupported,
+            format!(
+                "unsupported version {version} of {name} record; this rbd-row reads up to {} \
+                 (upgrade rbd-row to read it)",
+                rt.current_version
+            ),
+        ));
+    }
+    if version < rt.oldest_readable {
         return Err(Error::corrupt(format!(
             "{name} record version {version} not readable by this build (reads {}..={})",
             rt.oldest_readable, rt.current_version
@@ -122,10 +133,38 @@ mod tests {
             let mut bad = bytes.clone();
             bad[i] ^= 0x40;
             let err = decode::<(u64, String, Vec<u8>)>(T, &bad).expect_err("flip detected");
-            assert_eq!(err.kind(), crate::ErrorKind::Corrupt);
+            assert_eq!(err.kind(), ErrorKind::Corrupt);
         }
         for cut in 0..bytes.len() {
             assert!(decode::<(u64, String, Vec<u8>)>(T, &bytes[..cut]).is_err());
         }
+    }
+
+    /// An intact record of a newer version is "unsupported", not "corrupt";
+    /// one below the readable range (never written) is damage.
+    #[test]
+    fn newer_version_is_unsupported() {
+        let bytes = encode(T, &7u64).expect("encode");
+        let with_version = |v: u16| {
+            let mut b = bytes.clone();
+            b[4..6].copy_from_slice(&v.to_le_bytes());
+            let body = b.len() - CRC_LEN;
+            let crc = crc32c::crc32c(&b[..body]);
+            b[body..].copy_from_slice(&crc.to_le_bytes());
+            b
+        };
+        for v in [2, 3, u16::MAX] {
+            let err = decode::<u64>(T, &with_version(v)).expect_err("newer");
+            assert_eq!(err.kind(), ErrorKind::Unsupported);
+            assert!(
+                err.message().contains(&format!(
+                    "unsupported version {v} of TEST record; this rbd-row reads up to 1"
+                )),
+                "{err}"
+            );
+        }
+        let err = decode::<u64>(T, &with_version(0)).expect_err("v0");
+        assert_eq!(err.kind(), ErrorKind::Corrupt);
+        assert!(err.message().contains("version 0"), "{err}");
     }
 }
