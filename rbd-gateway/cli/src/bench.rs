@@ -1,7 +1,7 @@
 //! `bench`: in-process I/O benchmark printing rbd bench's lines.
 
 use crate::cli::IoType;
-use crate::commands::{finish, Ctx};
+use crate::ctx::{finish, Ctx};
 use crate::error::{CliError, CliResult};
 use crate::size::format_bytes;
 use crate::spec::ImageSpec;
@@ -33,6 +33,11 @@ fn fmt_f(v: f64) -> String {
     s.trim_end_matches('0').trim_end_matches('.').to_string()
 }
 
+/// Largest single bench I/O.
+const MAX_IO_SIZE: u64 = 256 << 20;
+/// Largest total of bench I/O buffers in flight.
+const MAX_IN_FLIGHT: u64 = 1 << 30;
+
 pub(crate) async fn bench(
     ctx: &Ctx,
     spec: &ImageSpec,
@@ -43,6 +48,18 @@ pub(crate) async fn bench(
     let size = img.size();
     if a.io_size > size {
         let r = Err(CliError::usage("rbd-row: io-size larger than the image"));
+        return finish(img, r).await;
+    }
+    // Every thread holds one buffer of io-size: refuse sizes this process
+    // could not allocate instead of aborting on the allocation.
+    if a.io_size > MAX_IO_SIZE || a.io_size.saturating_mul(a.io_threads as u64) > MAX_IN_FLIGHT {
+        let r = Err(CliError::usage(format!(
+            "rbd-row: io-size {} with {} io-threads is too large (at most {} MiB per I/O and {} MiB in flight)",
+            a.io_size,
+            a.io_threads,
+            MAX_IO_SIZE >> 20,
+            MAX_IN_FLIGHT >> 20
+        )));
         return finish(img, r).await;
     }
     let w = |out: &mut dyn Write, s: String| {

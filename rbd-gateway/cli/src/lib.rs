@@ -15,6 +15,7 @@ mod bench;
 pub mod cli;
 mod commands;
 mod create_opts;
+mod ctx;
 pub mod error;
 pub mod size;
 pub mod spec;

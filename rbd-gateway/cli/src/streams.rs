@@ -7,8 +7,8 @@
 //! temporary snapshot and rolls back to it if applying fails.
 
 use crate::cli::PathArg;
-use crate::commands::{finish, Ctx};
 use crate::create_opts::CreateOpts;
+use crate::ctx::{finish, Ctx};
 use crate::error::{CliError, CliResult};
 use crate::spec::ImageSpec;
 use crate::util::Progress;

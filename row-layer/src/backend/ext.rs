@@ -12,20 +12,23 @@ pub const OMAP_PAGE: usize = 1024;
 
 /// Derived operations, available on every [`Backend`] (also `dyn Backend`).
 pub trait BackendExt: Backend {
-    /// The whole payload of `oid`: a `stat`, then one `read` of that size.
-    /// `Corrupt` if the read comes back short.
+    /// The whole payload of `oid`, from one `read` (so from one version of
+    /// the object, even while another client rewrites it: a `stat` followed
+    /// by a read of that size could see two versions and come back short).
+    /// The read asks for more than it expects; a full buffer means the
+    /// object may be longer, and it asks again for four times as much.
     fn read_all<'a>(&'a self, oid: &'a str) -> impl Future<Output = Result<Bytes>> + Send + 'a {
         async move {
-            let st = self.stat(oid).await?;
-            let bytes = self.read(oid, 0, st.size).await?;
-            if bytes.len() as u64 != st.size {
-                return Err(Error::corrupt(format!(
-                    "{oid}: read {} of {} bytes",
-                    bytes.len(),
-                    st.size
-                )));
+            let mut len: u64 = 64 * 1024;
+            loop {
+                let bytes = self.read(oid, 0, len).await?;
+                if (bytes.len() as u64) < len {
+                    return Ok(bytes);
+                }
+                len = len.checked_mul(4).ok_or_else(|| {
+                    Error::corrupt(format!("{oid}: object too large to read whole"))
+                })?;
             }
-            Ok(bytes)
         }
     }
 
