@@ -11,12 +11,11 @@ use row_layer::{Epoch, ErrorKind, ImageId, SnapId};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 
-/// When true, a record version above the supported range must be reported
-/// as `ErrorKind::Unsupported`. Today `envelope::open` reports every version
-/// outside the range as `Corrupt` (with "version" in the message), so the
-/// check accepts either kind but insists on the message; flip this once the
-/// engine distinguishes "newer than this build" from damage.
-pub const REQUIRE_UNSUPPORTED_KIND: bool = false;
+/// A record version above the supported range must be reported as
+/// `ErrorKind::Unsupported` ("upgrade rbd-row"), never as `Corrupt`; older
+/// unreadable versions are `Corrupt`. Either way the message names the
+/// version.
+pub const REQUIRE_UNSUPPORTED_KIND: bool = true;
 
 /// Which record a fuzz input is about.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
