@@ -1,23 +1,77 @@
-//! Every in-process backend runs the one conformance suite; the local backend
-//! also gets reopen, multi-process (proxy), crash and reference-model tests.
+//! Every in-process backend runs the one conformance suite, one test per
+//! contract item (`mem::zero_to_object_end`, `local_proxy::locks`, ...); the
+//! local backend also gets reopen, multi-process (proxy), crash and
+//! reference-model tests.
 
 use row_layer::backend::{conformance, fault::FaultBackend, mem::MemBackend, Backend};
 use std::sync::Arc;
 
-#[tokio::test]
-async fn mem_backend_conforms() {
-    let be: Arc<dyn Backend> = Arc::new(MemBackend::new());
-    conformance::run_all(be, "conf.")
-        .await
-        .expect("conformance");
+async fn fresh_mem() -> (Arc<dyn Backend>, ()) {
+    (Arc::new(MemBackend::new()), ())
 }
 
+async fn fresh_fault_wrapper() -> (Arc<dyn Backend>, ()) {
+    let be = FaultBackend::new(Arc::new(MemBackend::new()));
+    (Arc::new(be), ())
+}
+
+async fn fresh_local() -> (Arc<dyn Backend>, tempfile::TempDir) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let be = LocalBackend::open(dir.path()).expect("open");
+    assert_eq!(be.kind(), "local");
+    assert!(be.serves_store(), "the only opener serves the store");
+    (Arc::new(be), dir)
+}
+
+/// The serving child of a `local_proxy` test; on drop it is told to finish
+/// (stdin closed) and waited for, before its directory goes.
+struct ServingChild(Option<ChildProc>);
+
+impl Drop for ServingChild {
+    fn drop(&mut self) {
+        if let Some(child) = self.0.take() {
+            let status = child.finish();
+            if !status.success() && !std::thread::panicking() {
+                panic!("serving child: {status:?}");
+            }
+        }
+    }
+}
+
+/// A local store served by a child process, opened here as a proxy client.
+async fn fresh_local_proxy() -> (Arc<dyn Backend>, (ServingChild, tempfile::TempDir)) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let server = ServingChild(Some(ChildProc::spawn(
+        CLIENT_MODE_TEST,
+        "serve",
+        dir.path(),
+    )));
+    let be = LocalBackend::open(dir.path()).expect("open as a client");
+    assert!(!be.serves_store(), "the second process is a client");
+    (Arc::new(be), (server, dir))
+}
+
+row_layer::backend_conformance_tests!(mem, [#[tokio::test]], fresh_mem);
+row_layer::backend_conformance_tests!(fault_wrapper, [#[tokio::test]], fresh_fault_wrapper);
+row_layer::backend_conformance_tests!(local, [#[tokio::test]], fresh_local);
+row_layer::backend_conformance_tests!(local_proxy, [#[tokio::test]], fresh_local_proxy);
+
+/// The convenience runner still runs every check.
 #[tokio::test]
-async fn fault_wrapper_without_faults_conforms() {
-    let be: Arc<dyn Backend> = Arc::new(FaultBackend::new(Arc::new(MemBackend::new())));
-    conformance::run_all(be, "conf.")
+async fn run_all_runs_every_check() {
+    let be: Arc<dyn Backend> = Arc::new(MemBackend::new());
+    conformance::run_all(be.clone(), "all.")
         .await
         .expect("conformance");
+    for check in conformance::CHECKS {
+        assert!(
+            !be.list(&format!("all.{check}."))
+                .await
+                .expect("list")
+                .is_empty(),
+            "run_all skipped {check}"
+        );
+    }
 }
 
 // ---------------------------------------------------------------------------
@@ -47,16 +101,6 @@ fn run_child(name: &str, mode: &str, dir: &Path) -> std::process::ExitStatus {
         .env(CHILD_ENV, format!("{mode}:{}", dir.display()))
         .status()
         .expect("spawn child test process")
-}
-
-#[tokio::test]
-async fn local_backend_conforms() {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let be: Arc<dyn Backend> = Arc::new(LocalBackend::open(dir.path()).expect("open"));
-    assert_eq!(be.kind(), "local");
-    conformance::run_all(be, "conf.")
-        .await
-        .expect("conformance");
 }
 
 #[tokio::test]
@@ -445,9 +489,13 @@ async fn watcher_child(store: &Path) {
     std::process::exit(0);
 }
 
+/// The test whose "serve" child mode serves a store for the `local_proxy`
+/// conformance tests.
+const CLIENT_MODE_TEST: &str = "local_backend_client_mode";
+
 #[tokio::test]
-async fn local_backend_client_mode_conforms() {
-    const NAME: &str = "local_backend_client_mode_conforms";
+async fn local_backend_client_mode() {
+    const NAME: &str = CLIENT_MODE_TEST;
     if let Some(store) = child_mode("serve") {
         return serve_child(&store).await;
     }
@@ -463,10 +511,13 @@ async fn local_backend_client_mode_conforms() {
     let err = LocalBackend::open(dir.path()).expect_err("second handle in one process");
     assert_eq!(err.kind(), ErrorKind::Busy, "{err}");
 
-    let dyn_be: Arc<dyn Backend> = be.clone();
-    conformance::run_all(dyn_be, "conf.")
-        .await
-        .expect("conformance through the proxy");
+    // (The conformance suite through the proxy: the `local_proxy::*` tests.)
+    be.operate(
+        "conf.data",
+        WriteOp::new().write_full(Bytes::from_static(b"xy\0\0\0")),
+    )
+    .await
+    .expect("write through the proxy");
 
     // Locks are taken in the name of the calling process.
     let me = std::process::id();

@@ -10,6 +10,9 @@
 //! on the ioctx or cluster, and shutting librados down from one of its own
 //! callback threads would deadlock. Dropping a future early is therefore
 //! always safe: librados never writes into freed memory.
+//!
+//! Depends on `cluster` (the ioctx an operation keeps alive) and `error`,
+//! never on `backend`, which builds its operations on this module.
 
 use crate::cluster::IoCtx;
 use librados_sys as sys;

@@ -302,6 +302,21 @@ fn split_nul(buf: &[u8], len: usize) -> Vec<String> {
         .collect()
 }
 
+impl RadosCluster {
+    /// Opens `pool` (and `namespace`, `""` for the default) as a backend.
+    pub async fn open_pool(&self, pool: &str, namespace: &str) -> Result<RadosBackend> {
+        let cluster = self.clone();
+        let c_pool = cstring(pool, "pool name")?;
+        let c_ns = cstring(namespace, "namespace")?;
+        let (pool, namespace) = (pool.to_string(), namespace.to_string());
+        blocking(move || {
+            let ioctx = cluster.open_ioctx_blocking(&c_pool, &c_ns, &pool)?;
+            Ok(RadosBackend::new(cluster, ioctx, pool, namespace))
+        })
+        .await
+    }
+}
+
 impl RadosBackend {
     pub(crate) fn new(
         cluster: RadosCluster,

@@ -1,6 +1,8 @@
 //! Cluster connections (`rados_t`) and pool handles (`rados_ioctx_t`).
+//!
+//! Depends only on `error`; `aio` and `backend` build on it (see the
+//! module layering in the crate docs).
 
-use crate::backend::RadosBackend;
 use crate::error::{check, invalid, io, rados_error};
 use bytes::Bytes;
 use librados_sys as sys;
@@ -293,26 +295,27 @@ impl RadosCluster {
         Ok(RadosCluster { inner })
     }
 
-    /// Opens `pool` (and `namespace`, `""` for the default) as a backend.
-    pub async fn open_pool(&self, pool: &str, namespace: &str) -> Result<RadosBackend> {
-        let cluster = self.clone();
-        let c_pool = cstring(pool, "pool name")?;
-        let c_ns = cstring(namespace, "namespace")?;
-        let (pool, namespace) = (pool.to_string(), namespace.to_string());
-        blocking(move || {
-            let mut io: sys::rados_ioctx_t = ptr::null_mut();
-            // SAFETY: connected handle, valid out-pointer and name.
-            let r = unsafe { sys::rados_ioctx_create(cluster.inner.ptr, c_pool.as_ptr(), &mut io) };
-            check(r, format_args!("opening pool {pool}"))?;
-            // SAFETY: fresh ioctx, not yet shared.
-            unsafe { sys::rados_ioctx_set_namespace(io, c_ns.as_ptr()) };
-            let ioctx = Arc::new(IoCtx {
-                ptr: io,
-                cluster: cluster.inner.clone(),
-            });
-            Ok(RadosBackend::new(cluster, ioctx, pool, namespace))
-        })
-        .await
+    /// Creates an I/O context on `pool` (C string `c_pool`, shown as `pool`
+    /// in errors) with `c_ns` as its namespace. Blocking: callers run it on
+    /// the blocking pool (`RadosCluster::open_pool`, in `backend`, wraps the
+    /// context in a backend; it lives there so that this module does not
+    /// depend on the backend).
+    pub(crate) fn open_ioctx_blocking(
+        &self,
+        c_pool: &CStr,
+        c_ns: &CStr,
+        pool: &str,
+    ) -> Result<Arc<IoCtx>> {
+        let mut io: sys::rados_ioctx_t = ptr::null_mut();
+        // SAFETY: connected handle, valid out-pointer and name.
+        let r = unsafe { sys::rados_ioctx_create(self.inner.ptr, c_pool.as_ptr(), &mut io) };
+        check(r, format_args!("opening pool {pool}"))?;
+        // SAFETY: fresh ioctx, not yet shared.
+        unsafe { sys::rados_ioctx_set_namespace(io, c_ns.as_ptr()) };
+        Ok(Arc::new(IoCtx {
+            ptr: io,
+            cluster: self.inner.clone(),
+        }))
     }
 
     /// The value of a librados config option of this handle (e.g.

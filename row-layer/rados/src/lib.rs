@@ -55,7 +55,23 @@
 //! the in-memory reference backend for every guard/action combination it
 //! tries. One known difference remains, RADOS' `cmpxattr` behaviour: an
 //! `XattrEquals` guard with an empty value also holds when the xattr is
-//! absent (on an existing object).
+//! absent (on an existing object); the conformance suite allows it by name
+//! (`Allowances::xattr_equals_empty_matches_absent`).
+//!
+//! # Module layering
+//!
+//! Dependencies point one way, from the bottom up:
+//!
+//! * `error`: errno values, their [`row_layer::ErrorKind`] and error
+//!   constructors; depends on nothing here;
+//! * `cluster`: the `rados_t` and `rados_ioctx_t` handles, config, mon
+//!   commands and fencing ([`RadosCluster`]); on `error`;
+//! * `aio`: librados completions as futures, each owning its operation state
+//!   and keeping its ioctx alive; on `cluster` and `error`;
+//! * `watch`: watch/notify callbacks and the notify reply format; on `error`;
+//! * `backend`: [`RadosBackend`], the [`row_layer::backend::Backend`]
+//!   implementation, and [`RadosCluster::open_pool`], which creates one; on
+//!   all of the above.
 
 #![warn(clippy::unwrap_used)]
 mod aio;
