@@ -8,8 +8,8 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tracing::debug;
 
 use crate::backend::{ExportBackend, ExportError, ExportRegistry, NbdErrno};
+use crate::config::{BoxStream, ServerConfig};
 use crate::proto::*;
-use crate::server::{BoxStream, ServerConfig};
 
 /// Largest option payload we accept; bigger ones are a DoS attempt (names
 /// are ≤ 4096 bytes, so even many meta-context queries fit easily).

@@ -39,6 +39,7 @@
 
 #![warn(clippy::unwrap_used)]
 mod backend;
+mod config;
 mod handshake;
 mod metrics;
 pub mod proto;
@@ -49,11 +50,12 @@ pub use backend::{
     match_meta_contexts, ExportBackend, ExportError, ExportRegistry, ExportResult, Extent,
     MemExport, NbdErrno, StaticRegistry, ZeroFlags,
 };
-pub use metrics::{ExportMetrics, Metrics, Op, OpStats, LATENCY_BUCKETS};
-pub use server::{
-    serve, serve_connection, AsyncStream, BoxStream, ServerConfig, ServerLimits, TlsAcceptor,
-    TlsConfig, DEFAULT_MAX_BUFFERED_BYTES, DEFAULT_MAX_CONNECTIONS,
+pub use config::{
+    AsyncStream, BoxStream, ServerConfig, ServerLimits, TlsAcceptor, TlsConfig,
+    DEFAULT_MAX_BUFFERED_BYTES, DEFAULT_MAX_CONNECTIONS,
 };
+pub use metrics::{ExportMetrics, Metrics, Op, OpStats, LATENCY_BUCKETS};
+pub use server::{serve, serve_connection};
 
 /// Re-exported so backends can name the future type without depending on `futures`.
 pub use futures::future::BoxFuture;

@@ -12,10 +12,10 @@ use tokio::sync::{mpsc, watch, Semaphore};
 use tracing::{debug, warn};
 
 use crate::backend::{ExportBackend, ExportError, Extent, NbdErrno, ZeroFlags};
+use crate::config::{wait_true, BoxStream, ServerConfig};
 use crate::handshake::{truncate_utf8, Negotiated};
 use crate::metrics::{ExportMetrics, Op};
 use crate::proto::*;
-use crate::server::{wait_true, BoxStream, ServerConfig};
 
 /// One reply message (all chunks of one request), written contiguously.
 type Reply = Vec<Bytes>;
