@@ -366,7 +366,8 @@ async fn local_backend_matches_mem_reference() {
 // Several processes: the first opener serves the store, later ones proxy.
 // ---------------------------------------------------------------------------
 
-use row_layer::backend::LockOwner;
+use futures::future::BoxFuture;
+use row_layer::backend::{LockOwner, ObjectStat};
 use row_layer::{CreateOptions, ImageOptions, OwnerRequest, Store};
 use std::io::{BufRead, Write};
 use std::time::Duration;
@@ -773,4 +774,131 @@ async fn local_store_fences_a_client_process() {
     be.lock_exclusive("f.obj", "owner", "me", "test")
         .await
         .expect("lock after break");
+}
+
+// ---------------------------------------------------------------------------
+// The checks are not vacuous: a backend with an unallowed difference fails.
+// ---------------------------------------------------------------------------
+
+/// MemBackend, except that a `Zero` ending exactly at the object's end writes
+/// zeros and keeps the size (the difference `zero_to_exact_end_keeps_size`
+/// would allow), under kind "keeps-size" (which has no allowance).
+struct KeepsSizeOnZero(MemBackend);
+
+impl Backend for KeepsSizeOnZero {
+    fn kind(&self) -> &'static str {
+        "keeps-size"
+    }
+    fn read(&self, oid: &str, offset: u64, len: u64) -> BoxFuture<'_, row_layer::Result<Bytes>> {
+        self.0.read(oid, offset, len)
+    }
+    fn stat(&self, oid: &str) -> BoxFuture<'_, row_layer::Result<ObjectStat>> {
+        self.0.stat(oid)
+    }
+    fn omap_get(
+        &self,
+        oid: &str,
+        start_after: &str,
+        prefix: &str,
+        max: usize,
+    ) -> BoxFuture<'_, row_layer::Result<Vec<(String, Bytes)>>> {
+        self.0.omap_get(oid, start_after, prefix, max)
+    }
+    fn get_xattr(&self, oid: &str, name: &str) -> BoxFuture<'_, row_layer::Result<Option<Bytes>>> {
+        self.0.get_xattr(oid, name)
+    }
+    fn operate(&self, oid: &str, op: WriteOp) -> BoxFuture<'_, row_layer::Result<()>> {
+        let oid = oid.to_string();
+        Box::pin(async move {
+            let size = self.0.stat(&oid).await.map(|s| s.size).unwrap_or(0);
+            let actions = op
+                .actions
+                .into_iter()
+                .map(|a| match a {
+                    Action::Zero { offset, len } if offset < size && offset + len == size => {
+                        Action::Write {
+                            offset,
+                            data: Bytes::from(vec![0; len as usize]),
+                        }
+                    }
+                    a => a,
+                })
+                .collect();
+            let op = WriteOp {
+                guards: op.guards,
+                actions,
+            };
+            self.0.operate(&oid, op).await
+        })
+    }
+    fn list(&self, prefix: &str) -> BoxFuture<'_, row_layer::Result<Vec<String>>> {
+        self.0.list(prefix)
+    }
+    fn flush(&self) -> BoxFuture<'_, row_layer::Result<()>> {
+        self.0.flush()
+    }
+    fn lock_exclusive(
+        &self,
+        oid: &str,
+        name: &str,
+        cookie: &str,
+        description: &str,
+    ) -> BoxFuture<'_, row_layer::Result<()>> {
+        self.0.lock_exclusive(oid, name, cookie, description)
+    }
+    fn unlock(&self, oid: &str, name: &str, cookie: &str) -> BoxFuture<'_, row_layer::Result<()>> {
+        self.0.unlock(oid, name, cookie)
+    }
+    fn lock_owners(
+        &self,
+        oid: &str,
+        name: &str,
+    ) -> BoxFuture<'_, row_layer::Result<Vec<LockOwner>>> {
+        self.0.lock_owners(oid, name)
+    }
+    fn break_lock(
+        &self,
+        oid: &str,
+        name: &str,
+        owner: &LockOwner,
+    ) -> BoxFuture<'_, row_layer::Result<()>> {
+        self.0.break_lock(oid, name, owner)
+    }
+    fn watch(&self, oid: &str) -> BoxFuture<'_, row_layer::Result<row_layer::backend::Watch>> {
+        self.0.watch(oid)
+    }
+    fn unwatch(&self, watch_id: u64) -> BoxFuture<'_, row_layer::Result<()>> {
+        self.0.unwatch(watch_id)
+    }
+    fn fence(&self, owner: &LockOwner) -> BoxFuture<'_, row_layer::Result<()>> {
+        self.0.fence(owner)
+    }
+    fn notify(
+        &self,
+        oid: &str,
+        payload: Bytes,
+        timeout: Duration,
+    ) -> BoxFuture<'_, row_layer::Result<Vec<Bytes>>> {
+        self.0.notify(oid, payload, timeout)
+    }
+}
+
+#[tokio::test]
+async fn zero_to_object_end_fails_an_unallowed_difference() {
+    let be = KeepsSizeOnZero(MemBackend::new());
+    assert_eq!(
+        conformance::Allowances::for_kind(be.kind()),
+        conformance::Allowances::STRICT
+    );
+    let err = conformance::zero_to_object_end(&be, "neg.")
+        .await
+        .expect_err("keeping the size is not allowed for this kind");
+    assert!(
+        err.message().contains("zero_to_exact_end_keeps_size"),
+        "{err}"
+    );
+    // The other checks still pass: only the contract item differs.
+    conformance::zero_semantics(&be, "neg.")
+        .await
+        .expect("zero_semantics");
 }
