@@ -90,7 +90,7 @@
 //! (`spawn_blocking`); the returned futures must be polled inside a tokio
 //! runtime.
 
-use super::{Action, Backend, Guard, LockOwner, Notification, ObjectStat, Watch, WriteOp};
+use super::{Action, Backend, LockOwner, Notification, ObjectStat, Watch, WriteOp};
 use crate::error::{Error, ErrorKind, Result};
 use bytes::Bytes;
 use futures::future::BoxFuture;
@@ -437,36 +437,15 @@ impl<'t> Tables<'t> {
     /// transaction: some rows may already have been modified.
     fn apply(&mut self, oid: &str, op: &WriteOp) -> Result<bool> {
         let existing = get_meta(&self.meta, oid)?;
-        for g in &op.guards {
-            match g {
-                Guard::Exists if existing.is_none() => return Err(missing(oid)),
-                Guard::NotExists if existing.is_some() => {
-                    return Err(Error::exists(format!("object {oid} already exists")))
-                }
-                Guard::XattrEquals(name, value) => {
-                    let have = match existing {
-                        Some(_) => get_pair(&self.xattr, oid, name, "xattr")?,
-                        None => None,
-                    };
-                    if have.as_deref() != Some(value.as_ref()) {
-                        return Err(Error::new(
-                            ErrorKind::PreconditionFailed,
-                            format!("xattr {name} of {oid} does not match"),
-                        ));
-                    }
-                }
-                Guard::VersionEquals(v) => {
-                    let have = existing.map_or(0, |m| m.version);
-                    if have != *v {
-                        return Err(Error::new(
-                            ErrorKind::PreconditionFailed,
-                            format!("version of {oid} is {have}, expected {v}"),
-                        ));
-                    }
-                }
-                _ => {}
-            }
-        }
+        super::guards::check(
+            oid,
+            &op.guards,
+            super::guards::GuardView {
+                exists: existing.is_some(),
+                version: existing.as_ref().map_or(0, |m| m.version),
+                xattr: |name: &str| Ok(get_pair(&self.xattr, oid, name, "xattr")?.map(Bytes::from)),
+            },
+        )?;
         if op.actions.is_empty() {
             return Ok(false);
         }

@@ -6,8 +6,8 @@
 //! mutations, chosen by a seed: exactly the durability model of the backend
 //! contract, and a harsher one than RADOS (where nothing completed is lost).
 
-use super::{Action, Backend, Guard, LockOwner, Notification, ObjectStat, Watch, WriteOp};
-use crate::error::{Error, ErrorKind, Result};
+use super::{Action, Backend, LockOwner, Notification, ObjectStat, Watch, WriteOp};
+use crate::error::{Error, Result};
 use bytes::Bytes;
 use futures::future::BoxFuture;
 use futures::FutureExt;
@@ -109,35 +109,15 @@ impl MemBackend {
 /// Applies `op` to `objects` with the contract's semantics.
 pub(crate) fn apply(objects: &mut Objects, oid: &str, op: &WriteOp) -> Result<()> {
     let existing = objects.get(oid);
-    for g in &op.guards {
-        match g {
-            Guard::Exists if existing.is_none() => {
-                return Err(Error::not_found(format!("object {oid} does not exist")))
-            }
-            Guard::NotExists if existing.is_some() => {
-                return Err(Error::exists(format!("object {oid} already exists")))
-            }
-            Guard::XattrEquals(name, value) => {
-                let have = existing.and_then(|o| o.xattrs.get(name));
-                if have != Some(value) {
-                    return Err(Error::new(
-                        ErrorKind::PreconditionFailed,
-                        format!("xattr {name} of {oid} does not match"),
-                    ));
-                }
-            }
-            Guard::VersionEquals(v) => {
-                let have = existing.map_or(0, |o| o.version);
-                if have != *v {
-                    return Err(Error::new(
-                        ErrorKind::PreconditionFailed,
-                        format!("version of {oid} is {have}, expected {v}"),
-                    ));
-                }
-            }
-            _ => {}
-        }
-    }
+    super::guards::check(
+        oid,
+        &op.guards,
+        super::guards::GuardView {
+            exists: existing.is_some(),
+            version: existing.map_or(0, |o| o.version),
+            xattr: |name: &str| Ok(existing.and_then(|o| o.xattrs.get(name)).cloned()),
+        },
+    )?;
     if op.actions.is_empty() {
         return Ok(());
     }

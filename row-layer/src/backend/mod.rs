@@ -39,6 +39,7 @@
 
 pub mod conformance;
 pub mod ext;
+pub mod guards;
 pub mod fault;
 pub mod local;
 pub mod mem;
