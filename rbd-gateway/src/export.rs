@@ -43,6 +43,7 @@ pub fn export_error(e: row_layer::Error) -> ExportError {
     match e.kind() {
         ErrorKind::InvalidInput | ErrorKind::NotFound => ExportError::invalid(msg),
         ErrorKind::ReadOnly => ExportError::perm(msg),
+        ErrorKind::NoSpace => ExportError::no_space(msg),
         _ => ExportError::io(msg),
     }
 }

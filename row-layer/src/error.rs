@@ -33,6 +33,9 @@ pub enum ErrorKind {
     Fenced,
     /// The operation is not supported by this backend or in this state.
     Unsupported,
+    /// The pool is full or over its quota (ENOSPC / EDQUOT): the operation
+    /// was refused and nothing was applied. Freeing space makes it succeed.
+    NoSpace,
 }
 
 impl ErrorKind {
@@ -50,6 +53,7 @@ impl ErrorKind {
             ErrorKind::Io => 5,
             ErrorKind::Fenced => 108,
             ErrorKind::Unsupported => 95,
+            ErrorKind::NoSpace => 28,
         }
     }
 
@@ -68,6 +72,7 @@ impl ErrorKind {
             Io,
             Fenced,
             Unsupported,
+            NoSpace,
         ]
         .into_iter()
         .find(|k| k.errno() == errno)

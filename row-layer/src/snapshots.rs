@@ -70,16 +70,15 @@ impl Image {
             .backend
             .operate(&layout::header_object(&self.inner.id), op)
             .await
-            .map_err(|e| {
-                let e = if e.kind() == ErrorKind::PreconditionFailed {
-                    Error::new(
-                        ErrorKind::Fenced,
-                        "another client took ownership of the image",
-                    )
-                } else {
-                    e.context("committing the image header")
-                };
-                self.poison(e)
+            .map_err(|e| match e.kind() {
+                ErrorKind::PreconditionFailed => self.poison(Error::new(
+                    ErrorKind::Fenced,
+                    "another client took ownership of the image",
+                )),
+                // Refused by a full pool: nothing was applied, the handle
+                // stays usable.
+                ErrorKind::NoSpace => e.context("committing the image header"),
+                _ => self.poison(e.context("committing the image header")),
             })
     }
 

@@ -276,3 +276,26 @@ async fn flatten_keeps_the_clones_snapshots_intact() {
     vm1.snap_rollback("s").await.unwrap();
     assert!(read_all(&vm1).await == before);
 }
+
+/// A full pool refuses a header commit (ENOSPC/EDQUOT: nothing applied).
+/// That outcome is known, so the handle must stay usable instead of being
+/// poisoned, and the refused snapshot must not exist.
+#[tokio::test]
+async fn a_header_commit_refused_for_space_does_not_poison() {
+    let (store, fault) = faulty();
+    store.create("img", small_opts(2 * OBJ)).await.unwrap();
+    let img = store.open("img").await.unwrap();
+    img.write(0, pattern(1, OBJ as usize)).await.unwrap();
+    fault.add_rule(FaultRule::once(
+        FaultPoint::Mutation,
+        "rbd_row_header",
+        FaultEffect::Fail(ErrorKind::NoSpace),
+    ));
+    let e = img.snap_create("s").await.expect_err("refused");
+    assert_eq!(e.kind(), ErrorKind::NoSpace);
+    assert!(img.snap_list().is_empty());
+    // Space is back: the same handle goes on.
+    img.write(0, pattern(2, OBJ as usize)).await.unwrap();
+    img.snap_create("s").await.unwrap();
+    img.self_check().unwrap();
+}

@@ -72,7 +72,9 @@ async fn writes(s: &Side, rng: &mut SmallRng, n: u64, size: u64) -> Result<(f64,
     let t = Instant::now();
     for _ in 0..n {
         let off = rng.gen_range(0..size / 4096) * 4096;
-        s.img.write(off, Bytes::from(vec![rng.gen::<u8>(); 4096])).await?;
+        s.img
+            .write(off, Bytes::from(vec![rng.gen::<u8>(); 4096]))
+            .await?;
     }
     let us = t.elapsed().as_secs_f64() * 1e6 / n as f64;
     let ops = (s.fault.counts() - before).total() as f64 / n as f64;

@@ -19,6 +19,8 @@ pub(crate) mod errno {
     pub(crate) const ESHUTDOWN: i32 = 108;
     pub(crate) const ETIMEDOUT: i32 = 110;
     pub(crate) const ECANCELED: i32 = 125;
+    pub(crate) const ENOSPC: i32 = 28;
+    pub(crate) const EDQUOT: i32 = 122;
 }
 
 /// The kind of a librados failure, by errno (positive or negative).
@@ -35,6 +37,7 @@ pub fn classify(code: i32) -> ErrorKind {
         EBUSY => ErrorKind::Busy,
         ESHUTDOWN => ErrorKind::Fenced,
         ETIMEDOUT | EAGAIN => ErrorKind::Transient,
+        ENOSPC | EDQUOT => ErrorKind::NoSpace,
         _ => ErrorKind::Io,
     }
 }

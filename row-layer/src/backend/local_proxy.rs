@@ -287,7 +287,7 @@ enum WireAnswer {
     Replies(Vec<Buf>),
 }
 
-const KINDS: [ErrorKind; 11] = [
+const KINDS: [ErrorKind; 12] = [
     ErrorKind::NotFound,
     ErrorKind::AlreadyExists,
     ErrorKind::PreconditionFailed,
@@ -299,6 +299,7 @@ const KINDS: [ErrorKind; 11] = [
     ErrorKind::Io,
     ErrorKind::Fenced,
     ErrorKind::Unsupported,
+    ErrorKind::NoSpace,
 ];
 
 impl From<&Error> for WireError {

@@ -39,8 +39,8 @@
 
 pub mod conformance;
 pub mod ext;
-pub mod guards;
 pub mod fault;
+pub mod guards;
 pub mod local;
 pub mod mem;
 
