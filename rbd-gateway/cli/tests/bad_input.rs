@@ -8,7 +8,7 @@ mod common;
 
 use common::*;
 use rbd_streams::{DiffFormat, DiffWriter};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Command;
 
 const M: u64 = 1 << 20;
@@ -17,31 +17,7 @@ const M: u64 = 1 << 20;
 /// store's directory tree.
 type State = (String, Vec<(String, Vec<u8>, String)>, Vec<String>);
 
-struct T {
-    dir: tempfile::TempDir,
-}
-
 impl T {
-    fn new() -> Self {
-        T {
-            dir: tempfile::tempdir().expect("tempdir"),
-        }
-    }
-    fn store(&self) -> PathBuf {
-        self.dir.path().join("store")
-    }
-    fn file(&self, n: &str) -> PathBuf {
-        self.dir.path().join(n)
-    }
-    fn ok(&self, args: &[&str]) -> Vec<u8> {
-        ok(local(&self.store()), args)
-    }
-    fn ok_str(&self, args: &[&str]) -> String {
-        ok_str(local(&self.store()), args)
-    }
-    fn fails(&self, args: &[&str], code: i32) -> String {
-        fails(local(&self.store()), args, code)
-    }
     /// Everything a refused command must leave alone: the image list, each
     /// image's content and snapshots, and the store's directory tree.
     fn state(&self) -> State {

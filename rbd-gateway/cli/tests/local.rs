@@ -5,37 +5,9 @@ mod common;
 use common::*;
 use rand::{Rng, SeedableRng};
 use rbd_streams::{DiffFormat, DiffReader, DiffRecord, DiffWriter};
-use serde_json::Value;
-use std::path::{Path, PathBuf};
-
-struct T {
-    dir: tempfile::TempDir,
-}
+use std::path::Path;
 
 impl T {
-    fn new() -> Self {
-        T {
-            dir: tempfile::tempdir().expect("tempdir"),
-        }
-    }
-    fn store(&self) -> PathBuf {
-        self.dir.path().join("store")
-    }
-    fn file(&self, n: &str) -> PathBuf {
-        self.dir.path().join(n)
-    }
-    fn ok(&self, args: &[&str]) -> Vec<u8> {
-        ok(local(&self.store()), args)
-    }
-    fn ok_str(&self, args: &[&str]) -> String {
-        ok_str(local(&self.store()), args)
-    }
-    fn json(&self, args: &[&str]) -> Value {
-        serde_json::from_str(&self.ok_str(args)).expect("json output")
-    }
-    fn fails(&self, args: &[&str], code: i32) -> String {
-        fails(local(&self.store()), args, code)
-    }
     /// Writes `(offset, data)` extents into `spec` with a v1 diff and
     /// import-diff (keeping size `size`, optionally ending at snapshot `to`).
     fn write(&self, spec: &str, size: u64, exts: &[(u64, Vec<u8>)], to: Option<&str>) {

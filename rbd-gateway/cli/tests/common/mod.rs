@@ -139,3 +139,34 @@ pub async fn apply_row(img: &row_layer::Image, ops: &[Op]) {
     }
     img.flush().await.expect("flush");
 }
+
+/// A temporary embedded store and the `rbd-row` commands run against it.
+pub struct T {
+    pub dir: tempfile::TempDir,
+}
+
+impl T {
+    pub fn new() -> Self {
+        T {
+            dir: tempfile::tempdir().expect("tempdir"),
+        }
+    }
+    pub fn store(&self) -> std::path::PathBuf {
+        self.dir.path().join("store")
+    }
+    pub fn file(&self, n: &str) -> std::path::PathBuf {
+        self.dir.path().join(n)
+    }
+    pub fn ok(&self, args: &[&str]) -> Vec<u8> {
+        ok(local(&self.store()), args)
+    }
+    pub fn ok_str(&self, args: &[&str]) -> String {
+        ok_str(local(&self.store()), args)
+    }
+    pub fn json(&self, args: &[&str]) -> serde_json::Value {
+        serde_json::from_str(&self.ok_str(args)).expect("json output")
+    }
+    pub fn fails(&self, args: &[&str], code: i32) -> String {
+        fails(local(&self.store()), args, code)
+    }
+}
