@@ -661,7 +661,7 @@ pub async fn concurrency(be: &dyn Backend, p: &str) -> Result<()> {
 /// temporary directory, a child process, ...). Each check gets a fresh
 /// backend from `$setup` and the object-name prefix `"{check}."`.
 ///
-/// ```ignore
+/// ```text
 /// async fn fresh_mem() -> (Arc<dyn Backend>, ()) {
 ///     (Arc::new(MemBackend::new()), ())
 /// }
