@@ -5,6 +5,8 @@
 
 #![allow(dead_code, unreachable_pub)]
 
+pub mod ceph_cli;
+
 use std::net::SocketAddr;
 use std::path::Path;
 use std::process::{Command, Output};
