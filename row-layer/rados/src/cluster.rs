@@ -42,6 +42,8 @@ pub(crate) struct ClusterInner {
     name: String,
     /// Completed waits for the latest OSD map.
     osdmap_waits: AtomicU64,
+    /// False for a caller's handle borrowed by `borrowed.rs`: never shut down.
+    owned: bool,
 }
 
 // SAFETY: a connected rados_t is internally synchronized; librados documents
@@ -52,6 +54,9 @@ unsafe impl Sync for ClusterInner {}
 
 impl Drop for ClusterInner {
     fn drop(&mut self) {
+        if !self.owned {
+            return; // the caller's handle: the caller shuts it down
+        }
         // SAFETY: every IoCtx holds an Arc to us, so none outlives this call;
         // in-flight completions hold IoCtx Arcs and are never dropped on a
         // librados thread (see aio::drop_elsewhere).
@@ -62,6 +67,16 @@ impl Drop for ClusterInner {
 impl ClusterInner {
     pub(crate) fn ptr(&self) -> sys::rados_t {
         self.ptr
+    }
+
+    /// A connected handle owned by someone else, which dropping leaves open.
+    pub(crate) fn borrowed(ptr: sys::rados_t, name: String) -> ClusterInner {
+        ClusterInner {
+            ptr,
+            name,
+            osdmap_waits: AtomicU64::new(0),
+            owned: false,
+        }
     }
 }
 
@@ -95,6 +110,11 @@ unsafe impl Sync for IoCtx {}
 impl IoCtx {
     pub(crate) fn ptr(&self) -> sys::rados_ioctx_t {
         self.ptr
+    }
+
+    /// Takes ownership of `ptr` (destroyed on drop), an ioctx of `cluster`.
+    pub(crate) fn from_raw(ptr: sys::rados_ioctx_t, cluster: Arc<ClusterInner>) -> IoCtx {
+        IoCtx { ptr, cluster }
     }
 }
 
@@ -168,7 +188,7 @@ fn is_option(k: &str, name: &str) -> bool {
 }
 
 /// `rados_conf_get` into a string.
-fn conf_get(ptr: sys::rados_t, option: &str) -> Result<String> {
+pub(crate) fn conf_get(ptr: sys::rados_t, option: &str) -> Result<String> {
     let c_opt = cstring(option, "config option")?;
     let mut cap = 256usize;
     loop {
@@ -233,6 +253,7 @@ impl RadosCluster {
             ptr,
             name: name.clone(),
             osdmap_waits: AtomicU64::new(0),
+            owned: true,
         });
         let conf = match &config.conf_path {
             Some(p) => Some(cstring(

@@ -71,11 +71,14 @@
 //! * `watch`: watch/notify callbacks and the notify reply format; on `error`;
 //! * `backend`: [`RadosBackend`], the [`row_layer::backend::Backend`]
 //!   implementation, and [`RadosCluster::open_pool`], which creates one; on
-//!   all of the above.
+//!   all of the above;
+//! * `borrowed`: [`RadosBackend::over_ioctx`], a backend over a caller's
+//!   own `rados_ioctx_t` (for the librbd C ABI); on `cluster` and `backend`.
 
 #![warn(clippy::unwrap_used)]
 mod aio;
 mod backend;
+mod borrowed;
 mod cluster;
 mod error;
 mod watch;
