@@ -55,7 +55,11 @@ impl RadosBackend {
         }
         // SAFETY: valid ioctx per the contract.
         let cl = unsafe { sys::rados_ioctx_get_cluster(io) };
-        let name = conf_get(cl, "name")?;
+        // librados' C API does not give the entity name ("name" is not a
+        // readable option); the instance id names the client instead.
+        // SAFETY: connected handle.
+        let name = conf_get(cl, "name")
+            .unwrap_or_else(|_| format!("client.{}", unsafe { sys::rados_get_instance_id(cl) }));
         // SAFETY: valid ioctx.
         let pool_id = unsafe { sys::rados_ioctx_get_id(io) };
         let pool = ioctx_string(io, "pool name", sys::rados_ioctx_get_pool_name)?;
