@@ -42,11 +42,7 @@ export ROW_CRASH_CASES="${ROW_CRASH_CASES:-3000}"
 export ROW_SIM_SEEDS="${ROW_SIM_SEEDS:-1000}"
 cargo test --workspace --no-fail-fast 2>&1 | tee /tmp/rbd-row-tests.log
 # The osd_failure_* tests need the 3-OSD cluster below (they fail on this one).
-# pool_quota_* is an open defect (writes to a pool over its quota wait in
-# librados instead of failing with ENOSPC; see docs/DESIGN.md §9): it fails
-# today and is run by hand:
-#   cargo test -p rbd-gateway --test pool_quota -- --ignored
-cargo test --workspace --no-fail-fast -- --ignored --skip osd_failure_ --skip pool_quota_ 2>&1 | tee -a /tmp/rbd-row-tests.log
+cargo test --workspace --no-fail-fast -- --ignored --skip osd_failure_ 2>&1 | tee -a /tmp/rbd-row-tests.log
 
 # OSD failure tests: a second cluster with 3 OSDs; the first one is stopped
 # first (2 CPUs, memory).

@@ -11,17 +11,84 @@
 //! callback threads would deadlock. Dropping a future early is therefore
 //! always safe: librados never writes into freed memory.
 //!
+//! An operation may be registered in an [`InFlight`] registry, which can
+//! cancel it (`rados_aio_cancel`) while it waits: the registry holds the
+//! completion pointer, and the state removes itself from the registry
+//! before it releases the completion, so a cancel never touches a released
+//! completion. The callback never takes the registry's lock (librados may
+//! complete a cancelled op on the cancelling thread).
+//!
 //! Depends on `cluster` (the ioctx an operation keeps alive) and `error`,
 //! never on `backend`, which builds its operations on this module.
 
 use crate::cluster::IoCtx;
+use futures::future::BoxFuture;
 use librados_sys as sys;
+use std::collections::HashMap;
 use std::ffi::{c_int, c_void, CString};
 use std::ptr;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::mpsc;
-use std::sync::{Arc, Mutex, OnceLock};
-use std::time::Duration;
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
+use std::time::{Duration, Instant};
 use tokio::sync::oneshot;
+
+/// Called while an operation has waited another stall interval.
+pub(crate) trait StallHook: Sync {
+    /// May cancel operations (through their [`InFlight`] registry).
+    fn stalled(&self) -> BoxFuture<'_, ()>;
+}
+
+/// One registered operation.
+struct Tracked {
+    /// The operation's `rados_completion_t` and `rados_ioctx_t`, as
+    /// integers (Send); both live while the op is registered.
+    completion: usize,
+    io: usize,
+    since: Instant,
+    cancelled: Arc<AtomicBool>,
+}
+
+/// Operations in flight that may be cancelled.
+#[derive(Default)]
+pub(crate) struct InFlight {
+    ops: Mutex<HashMap<u64, Tracked>>,
+    next: AtomicU64,
+}
+
+impl InFlight {
+    fn lock(&self) -> MutexGuard<'_, HashMap<u64, Tracked>> {
+        self.ops.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Cancels every registered operation that has waited at least `age`;
+    /// returns how many librados cancelled (it completes them with
+    /// `-ECANCELED`, and [`OpState::cancelled`] is then true).
+    pub(crate) fn cancel_older_than(&self, age: Duration) -> usize {
+        let ops = self.lock();
+        let mut n = 0;
+        for t in ops.values() {
+            if t.since.elapsed() < age || t.cancelled.load(Ordering::Relaxed) {
+                continue;
+            }
+            // SAFETY: the completion is registered, so its state has not
+            // released it (OpState::drop unregisters first, under this
+            // lock). Cancelling a completed or unsubmitted op is harmless
+            // (-ENOENT).
+            let r = unsafe { sys::rados_aio_cancel(t.io as _, t.completion as _) };
+            if r == 0 {
+                t.cancelled.store(true, Ordering::Relaxed);
+                n += 1;
+            }
+        }
+        n
+    }
+
+    /// How many operations are registered.
+    pub(crate) fn len(&self) -> usize {
+        self.lock().len()
+    }
+}
 
 /// Everything an in-flight operation points into.
 pub(crate) struct OpState {
@@ -50,6 +117,12 @@ pub(crate) struct OpState {
     tx: Option<oneshot::Sender<Box<OpState>>>,
     /// Keeps the ioctx (and with it the cluster) alive while in flight.
     io: Arc<IoCtx>,
+    /// The registry to join at submission (see [`OpState::cancellable`]).
+    registry: Option<Arc<InFlight>>,
+    /// This op's id in `registry` once registered.
+    tracked: Option<u64>,
+    /// Set (under the registry's lock) when the registry cancelled it.
+    cancelled: Arc<AtomicBool>,
 }
 
 // SAFETY: the raw pointers are handles and buffers owned exclusively by this
@@ -76,7 +149,40 @@ impl OpState {
             version: 0,
             tx: None,
             io,
+            registry: None,
+            tracked: None,
+            cancelled: Arc::new(AtomicBool::new(false)),
         })
+    }
+
+    /// Registers the operation in `registry` when it is submitted, so that
+    /// the registry can cancel it while it waits.
+    pub(crate) fn cancellable(&mut self, registry: Arc<InFlight>) {
+        self.registry = Some(registry);
+    }
+
+    /// Whether the registry cancelled this (completed) operation; its
+    /// `ret` is then `-ECANCELED`.
+    pub(crate) fn cancelled(&self) -> bool {
+        // The canceller marks the op under the registry's lock, possibly
+        // after librados already completed it: wait for it to finish.
+        let _sync = self.registry.as_ref().map(|r| r.lock());
+        self.cancelled.load(Ordering::Relaxed)
+    }
+
+    fn register(&mut self) {
+        let Some(reg) = &self.registry else { return };
+        let id = reg.next.fetch_add(1, Ordering::Relaxed);
+        reg.lock().insert(
+            id,
+            Tracked {
+                completion: self.completion as usize,
+                io: self.io.ptr() as usize,
+                since: Instant::now(),
+                cancelled: self.cancelled.clone(),
+            },
+        );
+        self.tracked = Some(id);
     }
 
     pub(crate) fn io(&self) -> sys::rados_ioctx_t {
@@ -86,6 +192,10 @@ impl OpState {
 
 impl Drop for OpState {
     fn drop(&mut self) {
+        // Unregister before the completion is released (see InFlight).
+        if let (Some(reg), Some(id)) = (&self.registry, self.tracked) {
+            reg.lock().remove(&id);
+        }
         // SAFETY: only reached when no operation is in flight (never
         // submitted, submission failed, or completed); each handle is owned
         // by this state and released once.
@@ -160,6 +270,8 @@ unsafe extern "C" fn on_complete(c: sys::rados_completion_t, arg: *mut c_void) {
 /// into the state are valid until completion) and submit it, returning the
 /// submission's return code. It must not touch the state after submitting.
 ///
+/// While it waits, `stall` (if any) is called every `stall_every`.
+///
 /// Returns the completed state (check `ret`), or the negative errno of a
 /// failed submission, or `-ETIMEDOUT` if the completion has not fired
 /// within `timeout`. A timed-out operation is abandoned, exactly as if its
@@ -168,24 +280,40 @@ unsafe extern "C" fn on_complete(c: sys::rados_completion_t, arg: *mut c_void) {
 pub(crate) async fn submit<F>(
     st: Box<OpState>,
     timeout: Option<Duration>,
+    stall: Option<(&dyn StallHook, Duration)>,
     start: F,
 ) -> Result<Box<OpState>, c_int>
 where
     F: FnOnce(*mut OpState, sys::rados_completion_t) -> c_int,
 {
-    let rx = start_op(st, start)?;
+    let mut rx = start_op(st, start)?;
     // The callback always sends while we wait; a closed channel would mean
     // librados dropped the completion without calling it.
     let closed = |_| -crate::error::errno::EIO;
-    // The timer needs a tokio runtime (with its time driver, as every
-    // runtime of this repository has); outside one, wait without it.
-    let timeout = timeout.filter(|_| tokio::runtime::Handle::try_current().is_ok());
-    match timeout {
-        None => rx.await.map_err(closed),
-        Some(t) => match tokio::time::timeout(t, rx).await {
-            Ok(r) => r.map_err(closed),
-            Err(_) => Err(-crate::error::errno::ETIMEDOUT),
-        },
+    // Timers need a tokio runtime (with its time driver, as every runtime
+    // of this repository has); outside one, wait without them.
+    if tokio::runtime::Handle::try_current().is_err() {
+        return rx.await.map_err(closed);
+    }
+    let deadline = timeout.map(|t| tokio::time::Instant::now() + t);
+    loop {
+        let tick = stall.map(|(_, every)| tokio::time::Instant::now() + every);
+        let until = match (deadline, tick) {
+            (Some(d), Some(t)) => Some(d.min(t)),
+            (d, t) => d.or(t),
+        };
+        let Some(until) = until else {
+            return rx.await.map_err(closed);
+        };
+        if let Ok(r) = tokio::time::timeout_at(until, &mut rx).await {
+            return r.map_err(closed);
+        }
+        if deadline.is_some_and(|d| tokio::time::Instant::now() >= d) {
+            return Err(-crate::error::errno::ETIMEDOUT);
+        }
+        if let Some((hook, _)) = stall {
+            hook.stalled().await;
+        }
     }
 }
 
@@ -208,7 +336,10 @@ where
         return Err(r);
     }
     // SAFETY: not yet submitted, so we have exclusive access.
-    unsafe { (*raw).completion = completion };
+    unsafe {
+        (*raw).completion = completion;
+        (*raw).register();
+    }
     let r = start(raw, completion);
     if r < 0 {
         // SAFETY: a failed submission never calls the callback; we still own

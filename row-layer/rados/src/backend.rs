@@ -1,8 +1,9 @@
 //! [`RadosBackend`]: the row-layer object-store contract on a RADOS pool.
 
-use crate::aio::{submit, OpState};
+use crate::aio::{submit, OpState, StallHook};
 use crate::cluster::{blocking, cstring, IoCtx, RadosCluster};
 use crate::error::{check, corrupt, errno, io, rados_error, rados_error_as};
+use crate::pool_full::{PoolFullStats, PoolSpace, STALL_CHECK};
 use crate::watch::{
     on_notify, on_watch_error, parse_notify_reply, NotifyReply, WatchCtx, WatchEvent,
 };
@@ -53,6 +54,12 @@ type SharedEntry = Arc<Mutex<WatchEntry>>;
 pub struct RadosBackend {
     cluster: RadosCluster,
     io: Arc<IoCtx>,
+    /// The same pool and namespace with `rados_set_pool_full_try`: for
+    /// locking and watches, whose ops never grow the pool (see
+    /// `pool_full`); librados would hold them on a full pool.
+    io_try: Arc<IoCtx>,
+    /// The pool's full flag and the writes that may be cancelled for it.
+    space: Arc<PoolSpace>,
     pool: String,
     namespace: String,
     watches: Arc<Mutex<HashMap<u64, SharedEntry>>>,
@@ -292,6 +299,39 @@ fn build_write_op(st: &mut OpState, op: &WriteOp) -> Result<()> {
     Ok(())
 }
 
+/// Whether `op` may grow the pool's bytes or objects (the OSD's test for a
+/// full pool). The others only remove, zero, truncate or drop omap keys and
+/// xattrs (the idempotent `create` that `build_write_op` adds before some of
+/// them grows the pool only for a missing object; the OSD then refuses it).
+fn may_grow(op: &WriteOp) -> bool {
+    op.actions.iter().any(|a| {
+        matches!(
+            a,
+            Action::Create
+                | Action::Write { .. }
+                | Action::WriteFull(_)
+                | Action::OmapSet(_)
+                | Action::SetXattr(..)
+        )
+    })
+}
+
+/// A second ioctx on the pool and namespace of `io`, with
+/// `rados_set_pool_full_try`, for ops that cannot grow the pool. Falls back
+/// to `io` itself (ops then wait on a full pool) if it cannot be made.
+fn full_try_ioctx(cluster: &RadosCluster, io: &Arc<IoCtx>, pool_id: i64, ns: &str) -> Arc<IoCtx> {
+    let made = cstring(ns, "namespace").and_then(|c_ns| {
+        let own = cluster.open_ioctx_by_id_blocking(pool_id, &c_ns)?;
+        // SAFETY: a fresh ioctx, not yet shared.
+        unsafe { sys::rados_set_pool_full_try(own.ptr()) };
+        Ok(own)
+    });
+    made.unwrap_or_else(|e| {
+        tracing::warn!("no full-try ioctx for pool {pool_id}: {e}");
+        io.clone()
+    })
+}
+
 /// Parses the NUL-separated string list `rados_list_lockers` fills.
 fn split_nul(buf: &[u8], len: usize) -> Vec<String> {
     let end = len.min(buf.len());
@@ -325,9 +365,15 @@ impl RadosBackend {
         namespace: String,
     ) -> RadosBackend {
         let op_timeout = default_op_timeout(&cluster);
+        // SAFETY: a valid ioctx.
+        let pool_id = unsafe { sys::rados_ioctx_get_id(io.ptr()) };
+        let io_try = full_try_ioctx(&cluster, &io, pool_id, &namespace);
+        let space = Arc::new(PoolSpace::new(cluster.clone(), pool_id, pool.clone()));
         RadosBackend {
             cluster,
             io,
+            io_try,
+            space,
             pool,
             namespace,
             watches: Arc::new(Mutex::new(HashMap::new())),
@@ -372,6 +418,16 @@ impl RadosBackend {
         self.stats.rewatches.load(Ordering::Relaxed)
     }
 
+    /// What this backend did about its pool being full (see `pool_full`).
+    pub fn pool_full_stats(&self) -> PoolFullStats {
+        self.space.stats()
+    }
+
+    /// How many writes that may be cancelled for a full pool are in flight.
+    pub fn cancellable_writes(&self) -> usize {
+        self.space.inflight.len()
+    }
+
     /// The cluster this backend's pool belongs to.
     pub fn cluster(&self) -> &RadosCluster {
         &self.cluster
@@ -390,7 +446,7 @@ impl RadosBackend {
     /// Size and version, or `None` if the object does not exist.
     async fn stat_opt(&self, oid: &str) -> Result<Option<ObjectStat>> {
         let st = OpState::new(self.io.clone(), cstring(oid, "object name")?);
-        let st = submit(st, self.op_timeout, |raw, comp| {
+        let st = submit(st, self.op_timeout, None, |raw, comp| {
             // SAFETY: `raw` is the leaked state (stable address, owned by
             // the op until completion); the read op is stored in it and
             // released with it.
@@ -444,7 +500,7 @@ impl RadosBackend {
         }
         let mut st = OpState::new(self.io.clone(), cstring(oid, "object name")?);
         st.buf = Vec::with_capacity(len);
-        let st = submit(st, self.op_timeout, |raw, comp| {
+        let st = submit(st, self.op_timeout, None, |raw, comp| {
             // SAFETY: the buffer (capacity `len`) lives in the leaked state
             // until the completion has fired.
             unsafe {
@@ -481,7 +537,7 @@ impl RadosBackend {
             let want = (max - out.len()) as u64;
             let mut st = OpState::new(self.io.clone(), cstring(oid, "object name")?);
             st.strings = vec![cstring(&after, "omap key")?, c_prefix.clone()];
-            let st = submit(st, self.op_timeout, |raw, comp| {
+            let st = submit(st, self.op_timeout, None, |raw, comp| {
                 // SAFETY: out-parameters live in the leaked state; the strings
                 // are copied by librados.
                 unsafe {
@@ -605,7 +661,21 @@ impl RadosBackend {
         }
         let mut st = OpState::new(self.io.clone(), cstring(oid, "object name")?);
         build_write_op(&mut st, &op)?;
-        let st = submit(st, self.op_timeout, |raw, comp| {
+        let grows = may_grow(&op);
+        let flags = if grows {
+            // Refused while the pool is known full; cancelled if it waits
+            // on a pool that turns out full (see `pool_full`).
+            self.space.admit(&format!("operate on {oid}")).await?;
+            st.cancellable(self.space.inflight.clone());
+            sys::LIBRADOS_OPERATION_NOFLAG
+        } else {
+            // Cannot grow the pool: never held for a full pool; the OSD
+            // refuses it (EDQUOT/ENOSPC) if it would grow it after all.
+            sys::LIBRADOS_OPERATION_FULL_TRY
+        };
+        let hook: &dyn StallHook = &*self.space;
+        let stall = grows.then_some((hook, STALL_CHECK));
+        let st = submit(st, self.op_timeout, stall, |raw, comp| {
             // SAFETY: the write op and object name live in the leaked state.
             unsafe {
                 sys::rados_aio_write_op_operate(
@@ -614,12 +684,15 @@ impl RadosBackend {
                     comp,
                     (*raw).oid.as_ptr(),
                     ptr::null_mut(),
-                    sys::LIBRADOS_OPERATION_NOFLAG as c_int,
+                    flags as c_int,
                 )
             }
         })
         .await
         .map_err(|r| rados_error(r, format_args!("submit operate on {oid}")))?;
+        if st.ret == -errno::ECANCELED && st.cancelled() {
+            return Err(self.space.cancelled_error(format_args!("operate on {oid}")));
+        }
         operate_result(st.ret, oid, &op)
     }
 
@@ -789,7 +862,7 @@ impl RadosBackend {
             cookie: None,
             closed: false,
         }));
-        let io = self.io.clone();
+        let io = self.io_try.clone();
         let timeout = watch_timeout_secs(self.watch_timeout);
         let registered = {
             let entry = entry.clone();
@@ -808,7 +881,7 @@ impl RadosBackend {
         lock_map(&self.watches).insert(id, entry.clone());
         let (user_tx, user_rx) = mpsc::unbounded_channel::<Notification>();
         tokio::spawn(serve_watch(WatchTask {
-            io: self.io.clone(),
+            io: self.io_try.clone(),
             oid: oid.to_string(),
             entry,
             cookie,
@@ -827,7 +900,7 @@ impl RadosBackend {
         let Some(entry) = lock_map(&self.watches).remove(&watch_id) else {
             return Ok(());
         };
-        let io = self.io.clone();
+        let io = self.io_try.clone();
         blocking(move || unwatch_blocking(&io, &entry)).await
     }
 }
@@ -1028,7 +1101,7 @@ impl Drop for RadosBackend {
     fn drop(&mut self) {
         let entries: Vec<(u64, SharedEntry)> = lock_map(&self.watches).drain().collect();
         for (_, entry) in entries {
-            if let Err(e) = unwatch_blocking(&self.io, &entry) {
+            if let Err(e) = unwatch_blocking(&self.io_try, &entry) {
                 tracing::warn!("dropping RadosBackend: {e}");
             }
         }
@@ -1101,7 +1174,7 @@ impl Backend for RadosBackend {
         cookie: &str,
         description: &str,
     ) -> BoxFuture<'_, Result<()>> {
-        let io = self.io.clone();
+        let io = self.io_try.clone();
         let args = (
             cstring(oid, "object name"),
             cstring(name, "lock name"),
@@ -1142,7 +1215,7 @@ impl Backend for RadosBackend {
     }
 
     fn unlock(&self, oid: &str, name: &str, cookie: &str) -> BoxFuture<'_, Result<()>> {
-        let io = self.io.clone();
+        let io = self.io_try.clone();
         let args = (
             cstring(oid, "object name"),
             cstring(name, "lock name"),
@@ -1238,7 +1311,7 @@ impl Backend for RadosBackend {
     }
 
     fn break_lock(&self, oid: &str, name: &str, owner: &LockOwner) -> BoxFuture<'_, Result<()>> {
-        let io = self.io.clone();
+        let io = self.io_try.clone();
         let args = (
             cstring(oid, "object name"),
             cstring(name, "lock name"),

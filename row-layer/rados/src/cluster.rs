@@ -339,6 +339,23 @@ impl RadosCluster {
         }))
     }
 
+    /// Creates an I/O context on pool id `pool_id` with namespace `c_ns`.
+    /// Blocking (quick once connected: the pool is looked up in the
+    /// client's OSD map).
+    pub(crate) fn open_ioctx_by_id_blocking(
+        &self,
+        pool_id: i64,
+        c_ns: &CStr,
+    ) -> Result<Arc<IoCtx>> {
+        let mut io: sys::rados_ioctx_t = ptr::null_mut();
+        // SAFETY: connected handle, valid out-pointer.
+        let r = unsafe { sys::rados_ioctx_create2(self.inner.ptr, pool_id, &mut io) };
+        check(r, format_args!("opening pool id {pool_id}"))?;
+        // SAFETY: fresh ioctx, not yet shared.
+        unsafe { sys::rados_ioctx_set_namespace(io, c_ns.as_ptr()) };
+        Ok(Arc::new(IoCtx::from_raw(io, self.inner.clone())))
+    }
+
     /// The value of a librados config option of this handle (e.g.
     /// `rados_osd_op_timeout`).
     pub fn conf_get(&self, option: &str) -> Result<String> {

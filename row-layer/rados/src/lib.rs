@@ -45,6 +45,12 @@
 //! * Fencing (`osd blocklist add`) returns only once this client has the OSD
 //!   map carrying the entry (`rados_wait_for_latest_osdmap`), so a lock broken
 //!   afterwards cannot be raced by the fenced client's ops.
+//! * Full pools: librados holds writes to a pool flagged full until it is
+//!   not, or until the op timeout. The backend reads the flag from the
+//!   monitors when a write stalls, refuses writes that may grow the pool
+//!   while it is full (`NoSpace`), cancels those already waiting, and sends
+//!   removals and locking through ops librados does not hold (see
+//!   `pool_full`).
 //! * Errors: negative errno to [`row_layer::ErrorKind`] by [`classify`];
 //!   guard failures are reported as the guard that failed.
 //!
@@ -68,6 +74,8 @@
 //!   commands and fencing ([`RadosCluster`]); on `error`;
 //! * `aio`: librados completions as futures, each owning its operation state
 //!   and keeping its ioctx alive; on `cluster` and `error`;
+//! * `pool_full`: the pool's full flag, refusing and cancelling writes for
+//!   it; on `aio`, `cluster` and `error`;
 //! * `watch`: watch/notify callbacks and the notify reply format; on `error`;
 //! * `backend`: [`RadosBackend`], the [`row_layer::backend::Backend`]
 //!   implementation, and [`RadosCluster::open_pool`], which creates one; on
@@ -81,9 +89,11 @@ mod backend;
 mod borrowed;
 mod cluster;
 mod error;
+mod pool_full;
 mod watch;
 
 pub use backend::RadosBackend;
 pub use cluster::{ClusterConfig, RadosCluster, DEFAULT_OSD_OP_TIMEOUT_SECS};
 pub use error::classify;
+pub use pool_full::PoolFullStats;
 pub use watch::{parse_notify_reply, NotifyAck, NotifyReply};
