@@ -43,6 +43,18 @@ export ROW_SIM_SEEDS="${ROW_SIM_SEEDS:-1000}"
 cargo test --workspace --no-fail-fast 2>&1 | tee /tmp/rbd-row-tests.log
 # The osd_failure_* tests need the 3-OSD cluster below (they fail on this one).
 cargo test --workspace --no-fail-fast -- --ignored --skip osd_failure_ 2>&1 | tee -a /tmp/rbd-row-tests.log
+# >>> addon (issue 11; ansible/, rbd-gateway/debian/, tests/addon/run.sh) >>>
+# The Ceph add-on on this cluster: ansible-lint and --syntax-check of
+# ansible/; the Debian package built from the debug binaries above
+# (rbd-gateway/debian/build-deb.sh --profile dev, stripped) and unpacked
+# with dpkg -x; the rbd_row role applied with -i localhost, -c local
+# (supervised, no systemd here): restricted cephx user, qemu-img and nbdinfo
+# through the export, clients without caps refused, changed=0 on a rerun
+# and in --check, restart after SIGKILL, teardown leaves nothing. Installs
+# ansible, ansible-lint, help2man, dpkg-dev (apt) and cargo-deb (cargo
+# install) when missing. About 4 minutes.
+tests/addon/run.sh
+# <<< addon <<<<<<<<<<<<<<<<<<<<<<<<<<<<<<<<<<<<<<<<<<<<<<<<<<<<<<<<<<<<<<<<<<<
 
 # OSD failure tests: a second cluster with 3 OSDs; the first one is stopped
 # first (2 CPUs, memory).
