@@ -5,11 +5,12 @@
 //! operation in flight holds its own, so a completion released early (or
 //! inside its callback) stays valid until the library is done with it.
 //!
-//! Finishing follows librbd's order: the return value is set, the
-//! callback runs (it may read the value and release the completion), the
-//! completion is queued for `rbd_poll_io_events` if the image has a
-//! notification fd, and only then does it count as complete for
-//! `rbd_aio_is_complete`/`rbd_aio_wait_for_complete`. Callbacks run on a
+//! Finishing: the return value is set, the callback runs (it may read the
+//! value and release the completion), the completion counts as complete
+//! for `rbd_aio_is_complete`/`rbd_aio_wait_for_complete`, and then it is
+//! queued for `rbd_poll_io_events` if the image has a notification fd (so
+//! a poller never sees a completion that is not complete yet; librbd
+//! queues it just before marking it complete). Callbacks run on a
 //! library thread (a runtime worker for ROW images, the system librbd's
 //! thread for native ones), never inside the submitting call; as with
 //! librbd they must not block.
@@ -78,11 +79,11 @@ impl Completion {
             // registered by rbd_aio_create_completion.
             unsafe { cb(Completion::as_user(&this), this.arg as *mut c_void) };
         }
+        this.lock().complete = true;
+        this.cv.notify_all();
         if let Some(ev) = events {
             ev.completed(&this);
         }
-        this.lock().complete = true;
-        this.cv.notify_all();
     }
 }
 

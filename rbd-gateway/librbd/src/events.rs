@@ -39,15 +39,17 @@ impl Events {
         let Some((fd, kind)) = *self.sink.lock().unwrap_or_else(|p| p.into_inner()) else {
             return;
         };
-        self.done
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .push_back(c.clone());
+        // Signal under the queue's lock: a poller sees the completion only
+        // after its signal was written, so a caller that closes the fd once
+        // it has polled everything never gets a late write into a reused fd.
+        let mut q = self.done.lock().unwrap_or_else(|p| p.into_inner());
+        q.push_back(c.clone());
         let one = 1u64.to_ne_bytes();
         let len = if kind == EVENT_TYPE_EVENTFD { 8 } else { 1 };
         // SAFETY: writing len bytes of a local buffer to the caller's fd.
         // A failure (full pipe) loses only a wake-up; the queue keeps it.
         let _ = unsafe { libc::write(fd, one.as_ptr().cast(), len) };
+        drop(q);
     }
 
     /// Moves up to `n` queued completions to `comps`; their count.
