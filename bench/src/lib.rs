@@ -3,6 +3,15 @@
 //! that rbd-row and native RBD are measured side by side in one run.
 #![warn(clippy::unwrap_used)]
 
+pub mod ceph;
+pub mod fio;
+pub mod gateway;
+pub mod plot;
+pub mod raw;
+pub mod results;
+pub mod stats;
+pub mod sysinfo;
+
 use bytes::Bytes;
 use rand::{rngs::SmallRng, Rng, SeedableRng};
 use row_layer::Image;

@@ -5,14 +5,12 @@
 //! the engine. Runs are interleaved; the table shows ratios to the plain write.
 
 use anyhow::Context;
-use bytes::Bytes;
 use clap::Parser;
-use row_layer::backend::{Backend, WriteOp};
+use rbd_row_bench::raw::rados_writes;
+use row_layer::backend::Backend;
 use row_layer::{CreateOptions, Store};
 use row_rados::{ClusterConfig, RadosCluster};
 use std::sync::Arc;
-use std::time::Instant;
-use tokio::sync::Semaphore;
 
 #[derive(Parser)]
 struct Args {
@@ -24,41 +22,6 @@ struct Args {
     depth: usize,
     #[arg(long, default_value_t = 3)]
     rounds: u32,
-}
-
-async fn run_ops(
-    be: Arc<dyn Backend>,
-    ops: u64,
-    depth: usize,
-    with_omap: bool,
-) -> anyhow::Result<f64> {
-    let sem = Arc::new(Semaphore::new(depth));
-    let mut set = tokio::task::JoinSet::new();
-    let data = Bytes::from(vec![7u8; 4096]);
-    let start = Instant::now();
-    for i in 0..ops {
-        let permit = sem.clone().acquire_owned().await?;
-        let be = be.clone();
-        let d = data.clone();
-        set.spawn(async move {
-            let oid = format!("raw.{}", i % 128);
-            let off = (i * 7919 % 1024) * 4096;
-            let mut op = WriteOp::new().write(off, d);
-            if with_omap {
-                op = op.omap_set1(format!("{:06x}", off / 4096), Bytes::from_static(b"D"));
-            }
-            let r = be.operate(&oid, op).await;
-            drop(permit);
-            r
-        });
-        while let Some(r) = set.try_join_next() {
-            r??;
-        }
-    }
-    while let Some(r) = set.join_next().await {
-        r??;
-    }
-    Ok(ops as f64 / start.elapsed().as_secs_f64())
 }
 
 #[tokio::main]
@@ -75,11 +38,11 @@ async fn main() -> anyhow::Result<()> {
         .await?;
     let img = store.open("img").await?;
     rbd_row_bench::fill(&img, 4 << 20, 16).await?;
-    run_ops(be.clone(), 2000, args.depth, true).await?; // warm-up
+    rados_writes(be.clone(), 2000, args.depth, true).await?; // warm-up
     let (mut plain, mut omap, mut engine) = (0.0, 0.0, 0.0);
     for r in 0..args.rounds {
-        plain += run_ops(be.clone(), args.ops, args.depth, false).await?;
-        omap += run_ops(be.clone(), args.ops, args.depth, true).await?;
+        plain += rados_writes(be.clone(), args.ops, args.depth, false).await?;
+        omap += rados_writes(be.clone(), args.ops, args.depth, true).await?;
         engine += rbd_row_bench::random_writes(&img, 4096, args.ops, args.depth, u64::from(r))
             .await?
             .iops();
