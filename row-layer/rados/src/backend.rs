@@ -1401,3 +1401,43 @@ impl Backend for RadosBackend {
         .boxed()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn op(a: Action) -> WriteOp {
+        WriteOp::new().action(a)
+    }
+
+    #[test]
+    fn which_ops_may_grow_the_pool() {
+        let b = Bytes::from_static(b"x");
+        for a in [
+            Action::Create,
+            Action::Write {
+                offset: 0,
+                data: b.clone(),
+            },
+            Action::WriteFull(b.clone()),
+            Action::OmapSet(vec![("k".into(), b.clone())]),
+            Action::SetXattr("n".into(), b.clone()),
+        ] {
+            assert!(may_grow(&op(a.clone())), "{a:?}");
+            // Anything that may grow makes the whole op growing.
+            assert!(may_grow(&op(Action::Remove).action(a.clone())), "{a:?}");
+        }
+        for a in [
+            Action::Remove,
+            Action::Zero { offset: 0, len: 1 },
+            Action::Truncate(0),
+            Action::OmapRemove(vec!["k".into()]),
+            Action::OmapClear,
+            Action::RemoveXattr("n".into()),
+        ] {
+            let guarded = op(a.clone()).guard(Guard::XattrEquals("o".into(), b.clone()));
+            assert!(!may_grow(&op(a.clone())), "{a:?}");
+            assert!(!may_grow(&guarded), "{a:?}");
+        }
+    }
+}
