@@ -244,7 +244,7 @@ impl Image {
     }
 
     /// Replaces sealed epoch `e`'s delta in memory (every chain link to it).
-    fn install_sealed_delta(&self, e: Epoch, delta: EpochDelta) {
+    pub(crate) fn install_sealed_delta(&self, e: Epoch, delta: EpochDelta) {
         let id = self.inner.id.clone();
         let delta = Arc::new(delta);
         let mut st = self.state();

@@ -336,8 +336,25 @@ impl Image {
         join_all(pieces).await.into_iter().collect()
     }
 
-    /// The read path without the gate (callers hold it).
+    /// The read path without the gate (callers hold it). A data object the
+    /// map names but the store no longer has means another client changed
+    /// the map under this handle (refresh.rs): reload it and read again.
     pub(crate) async fn read_unlocked(&self, offset: u64, len: u64) -> Result<Bytes> {
+        let (bytes, missing) = self.read_mapped(offset, len).await?;
+        if !missing {
+            return Ok(bytes);
+        }
+        self.refresh_map().await?;
+        let (bytes, missing) = self.read_mapped(offset, len).await?;
+        if missing {
+            tracing::warn!(image = %self.inner.id, offset, len, "a mapped data object is missing; its grains read as zeros");
+        }
+        Ok(bytes)
+    }
+
+    /// Reads through the current map; also says whether a mapped data
+    /// object was missing (its grains then read as zeros).
+    async fn read_mapped(&self, offset: u64, len: u64) -> Result<(Bytes, bool)> {
         let len_usize = usize::try_from(len).map_err(|_| Error::invalid("read too large"))?;
         let mut buf = BytesMut::zeroed(len_usize);
         let gs = self.inner.geo.grain_size;
@@ -361,23 +378,26 @@ impl Image {
                     let name = layout::data_object(img, o, *ep);
                     let backend = self.inner.backend.clone();
                     reads.push(async move {
-                        let got = backend.read(&name, a - obj_start, b - a).await;
-                        let got = match got {
-                            Ok(bytes) => bytes,
-                            Err(e) if e.kind() == ErrorKind::NotFound => Bytes::new(),
-                            Err(e) => return Err(e.context(format!("reading {name}"))),
-                        };
-                        Ok::<_, Error>((a - offset, got))
+                        match backend.read(&name, a - obj_start, b - a).await {
+                            Ok(bytes) => Ok((a - offset, Some(bytes))),
+                            Err(e) if e.kind() == ErrorKind::NotFound => Ok((a - offset, None)),
+                            Err(e) => Err(e.context(format!("reading {name}"))),
+                        }
                     });
                 }
                 i = j;
             }
         }
+        let mut missing = false;
         for (at, bytes) in try_join_all(reads).await? {
+            let Some(bytes) = bytes else {
+                missing = true;
+                continue;
+            };
             let at = at as usize;
             buf[at..at + bytes.len()].copy_from_slice(&bytes);
         }
-        Ok(buf.freeze())
+        Ok((buf.freeze(), missing))
     }
 
     /// Writes `data` at `offset`. Sub-grain edges cost a read-modify-write of

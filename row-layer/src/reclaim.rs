@@ -13,7 +13,10 @@
 //!    passing through it (the head, snapshots below it) meets a newer version
 //!    of first: nobody can resolve to them any more. When such an epoch has
 //!    nothing left it is spliced out of the lineage (its children inherit
-//!    its parent).
+//!    its parent);
+//! 4. a hidden epoch whose parent is hidden too and has no other child is
+//!    merged into that parent (merge.rs), so a history of removed snapshots
+//!    folds into one epoch instead of growing the lineage.
 //!
 //! Before step 3 the backend is flushed, so a child's rewrite is durable
 //! before the grain it hides is punched.
@@ -59,7 +62,11 @@ impl Image {
         self.check_writable()?;
         self.collect_unreachable().await?;
         self.delete_garbage().await?;
-        self.trim_hidden().await
+        self.trim_hidden().await?;
+        if self.merge_hidden().await? {
+            self.delete_garbage().await?;
+        }
+        Ok(())
     }
 
     async fn collect_unreachable(&self) -> Result<()> {
@@ -138,7 +145,7 @@ impl Image {
         }
     }
 
-    fn delta_of(&self, e: Epoch) -> Option<Arc<EpochDelta>> {
+    pub(crate) fn delta_of(&self, e: Epoch) -> Option<Arc<EpochDelta>> {
         let st = self.state();
         if e == st.header.head {
             return st.chain.links.first().map(|l| l.delta.clone());
@@ -331,7 +338,7 @@ impl Image {
 
     /// Removes empty hidden epoch `e` from the lineage (its children inherit
     /// its parent) and lists it as garbage.
-    async fn splice(&self, e: Epoch) -> Result<()> {
+    pub(crate) async fn splice(&self, e: Epoch) -> Result<()> {
         let mut header = self.header();
         let parent = header.epochs.get(&e).and_then(|m| m.parent);
         if parent.is_none() && header.bookmarks.iter().any(|b| b.epoch == e) {

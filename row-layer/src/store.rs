@@ -11,7 +11,9 @@ use crate::image::{Image, ImageOptions, Inner, State, View, GRAIN_DATA, GRAIN_ZE
 use crate::layout::{self, Geometry};
 use crate::lineage::{Chain, Link};
 use crate::range_lock::RangeLock;
-use crate::records::{EpochDelta, EpochMeta, EpochState, HeaderRecord, ParentLink, Timestamp};
+use crate::records::{
+    EpochDelta, EpochMeta, EpochState, HeaderRecord, ParentLink, SnapRecord, Timestamp,
+};
 use bytes::Bytes;
 use futures::stream::{self, StreamExt, TryStreamExt};
 use std::collections::{BTreeMap, HashMap};
@@ -484,7 +486,7 @@ impl Store {
 
     /// Reads what a head view needs: header, sealed records, the open
     /// epoch's delta (recovered from its grain omaps) and the lineage.
-    async fn load_head(&self, name: &str, id: &ImageId) -> Result<(Geometry, State)> {
+    pub(crate) async fn load_head(&self, name: &str, id: &ImageId) -> Result<(Geometry, State)> {
         let header = read_header(&*self.backend, id).await?;
         if header.removing {
             return Err(Error::not_found(format!("image {name} is being removed")));
@@ -527,32 +529,39 @@ impl Store {
             .cloned()
             .ok_or_else(|| Error::not_found(format!("snapshot {name}@{snap} does not exist")))?;
         let geo = Geometry::new(header.object_size, header.grain_size)?;
+        let state = self.load_snapshot(header, &s, &geo).await?;
+        let view = View::Snapshot {
+            id: s.id,
+            name: s.name.clone(),
+        };
+        Ok(self.assemble(id, geo, view, None, state))
+    }
+
+    /// Reads what the view of snapshot `s` needs: the sealed records and the
+    /// parent links through the overlap the snapshot recorded.
+    pub(crate) async fn load_snapshot(
+        &self,
+        header: HeaderRecord,
+        s: &SnapRecord,
+        geo: &Geometry,
+    ) -> Result<State> {
         let deltas = self.load_deltas(&header, None).await?;
         let mut chain = Chain::default();
         let link = header.parent.clone().map(|mut p| {
             p.overlap = s.parent_overlap.unwrap_or(p.overlap);
             p
         });
-        let parent_links = parent_links(&*self.backend, link, &geo, &mut chain).await?;
+        let parent_links = parent_links(&*self.backend, link, geo, &mut chain).await?;
         let chain = build_chain(&header, &deltas, None, s.epoch, &parent_links, chain)?;
-        Ok(self.assemble(
-            id,
-            geo,
-            View::Snapshot {
-                id: s.id,
-                name: s.name.clone(),
-            },
-            None,
-            State {
-                header,
-                deltas,
-                chain,
-                parent_links,
-                touched: HashMap::new(),
-                cache: HashMap::new(),
-                size: s.size,
-            },
-        ))
+        Ok(State {
+            header,
+            deltas,
+            chain,
+            parent_links,
+            touched: HashMap::new(),
+            cache: HashMap::new(),
+            size: s.size,
+        })
     }
 
     fn assemble(

@@ -264,3 +264,40 @@ async fn first_writes_to_many_objects_share_one_registration() {
         "registrations were not batched: {c:?}"
     );
 }
+
+#[tokio::test]
+async fn merging_a_hidden_epoch_costs_its_live_runs_plus_fixed_commits() {
+    let (fault, _store, img) = setup(4 * (4 << 20)).await;
+    img.write(0, pattern(1, 4 * (4 << 20))).await.expect("fill");
+    img.snap_create("a").await.expect("snap");
+    // Epoch 2: one run of two grains in object 0, one grain in object 2.
+    img.write(8192, pattern(2, 8192)).await.expect("write");
+    img.write(2 * (4 << 20), pattern(3, 4096))
+        .await
+        .expect("write");
+    img.snap_create("b").await.expect("snap");
+    img.write(3 * (4 << 20), pattern(4, 4096))
+        .await
+        .expect("write");
+    img.snap_create("c").await.expect("snap");
+    img.snap_remove("a").await.expect("remove a");
+    img.reclaim().await.expect("reclaim");
+    img.snap_remove("b").await.expect("remove b");
+    let c = counted(&fault, async {
+        img.reclaim().await.expect("reclaim");
+    })
+    .await;
+    // Trim first: one flush, then epoch 1 loses the grain `c` rewrote (one
+    // punch op on object 3, its record rewritten).
+    // Merge of epoch 2 into epoch 1: epoch 1's record, flush; one read per
+    // run (objects 0 and 2) and one op per object; flush; the splice's
+    // header commit and flush.
+    // Garbage deletion of epoch 2: header and record reads, touch-key
+    // listing, flush, one removal per object (2), flush, record removal,
+    // header commit.
+    assert_eq!(c.reads, 2 + 2, "{c:?}");
+    assert_eq!(c.metadata_reads, 1, "{c:?}");
+    assert_eq!(c.mutations, 2 + (1 + 2 + 1) + (2 + 1 + 1), "{c:?}");
+    assert_eq!(c.flushes, 1 + (1 + 1 + 1) + 2, "{c:?}");
+    assert_eq!(img.header().epochs.len(), 3, "epoch 2 merged into epoch 1");
+}
