@@ -43,6 +43,10 @@ librbd=${RBD_ROW_DEB_LIBRBD:-auto}
 if [ "$librbd" = yes ]; then
     cargo build --profile "$profile" --manifest-path rbd-gateway/librbd/Cargo.toml
     variant=(--variant with-librbd)
+    # cargo-deb strips only what it recognises as a library by its
+    # installed name (*.so), so the drop-in is stripped here.
+    mkdir -p "$bin_dir/deb-staging"
+    objcopy --strip-debug "$bin_dir/librbd.so" "$bin_dir/deb-staging/librbd.so.1"
 fi
 
 # Man pages from --help (help2man), into the target dir.

@@ -26,23 +26,32 @@
 #      does not serve, are refused;
 #    - run 3 reports changed=0, and so does --check;
 #    - a gateway killed with SIGKILL is restarted by the supervisor;
+#    - with TLS and a client CA, the health check lists over nbds:// with a
+#      client certificate; plain and certificate-less clients are refused;
 #    - teardown (rbd_row_state=absent) leaves no process, no file under the
 #      root and no cephx user; a second teardown changes nothing.
+# 4. The role again with install source deb: apt installs the package
+#    (dpkg -i, with its Depends), the gateway runs /usr/bin/rbd-gateway and
+#    serves the data written above; teardown removes the package too.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 repo=$PWD
 : "${CEPH_CONF:?needs the test cluster: eval \"\$(tests/ceph/cluster.sh env)\"}"
 
 step() { echo "[addon] $*" >&2; }
+# (No `cmd | grep -q` below: grep -q stops reading at the first match and
+# the writer's EPIPE fails the pipeline under pipefail.)
 fail() { echo "[addon] FAILED: $*" >&2; exit 1; }
 
 need=()
 for pkg in ansible ansible-lint help2man dpkg-dev libnbd-bin qemu-utils sudo; do
-    dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "ok installed" || need+=("$pkg")
+    dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep "ok installed" >/dev/null || need+=("$pkg")
 done
 if ((${#need[@]})); then
     step "installing: ${need[*]}"
-    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need[@]}" >/dev/null
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get update -qq
+    apt-get install -y -qq "${need[@]}" >/dev/null
 fi
 command -v cargo-deb >/dev/null || cargo install cargo-deb --locked
 
@@ -56,6 +65,7 @@ cleanup() {
     if [ -x "$tmp/root/libexec/rbd-gateway-supervise" ]; then
         "$tmp/root/libexec/rbd-gateway-supervise" stop "$tmp/root/etc/$instance.conf" "$tmp/root/run" /bin/false >/dev/null 2>&1 || true
     fi
+    if [ -e "$tmp/deb-installed" ]; then dpkg -r rbd-row >/dev/null 2>&1 || true; fi
     ceph auth del "client.$user" >/dev/null 2>&1 || true
     ceph auth del "$nocaps" >/dev/null 2>&1 || true
     ceph osd pool rm "$pool" "$pool" --yes-i-really-really-mean-it >/dev/null 2>&1 || true
@@ -72,7 +82,7 @@ start=$SECONDS
 step "ansible-lint, syntax check"
 lint_out=$(cd ansible && ansible-lint --nocolor -q 2>&1) || fail "ansible-lint: $lint_out"
 # "reports nothing": no rule violation listed (only its closing summary line)
-if grep -v '^Passed with\|^$' <<<"$lint_out" | grep -q .; then fail "ansible-lint reported: $lint_out"; fi
+if grep -v '^Passed with\|^$' <<<"$lint_out" | grep . >/dev/null; then fail "ansible-lint reported: $lint_out"; fi
 (cd ansible && ansible-playbook --syntax-check -i inventory/hosts.example.ini site.yml >/dev/null)
 python3 tests/addon/check_docs.py
 
@@ -83,12 +93,12 @@ deb=$(OUT="$tmp/deb" rbd-gateway/debian/build-deb.sh --profile dev 2>"$tmp/build
 debx=$tmp/debx
 mkdir "$debx"
 dpkg -x "$deb" "$debx"
-"$debx/usr/bin/rbd-gateway" --version | grep -q '^rbd-gateway [0-9]' || fail "rbd-gateway --version"
-"$debx/usr/bin/rbd-row" --version | grep -q '^rbd-row [0-9]' || fail "rbd-row --version"
-"$debx/usr/bin/rbd-gateway" --help | grep -q -- '--export' || fail "rbd-gateway --help"
-"$debx/usr/bin/rbd-row" --help | grep -q 'export-diff' || fail "rbd-row --help"
+"$debx/usr/bin/rbd-gateway" --version | grep '^rbd-gateway [0-9]' >/dev/null || fail "rbd-gateway --version"
+"$debx/usr/bin/rbd-row" --version | grep '^rbd-row [0-9]' >/dev/null || fail "rbd-row --version"
+"$debx/usr/bin/rbd-gateway" --help | grep -- '--export' >/dev/null || fail "rbd-gateway --help"
+"$debx/usr/bin/rbd-row" --help | grep 'export-diff' >/dev/null || fail "rbd-row --help"
 for m in rbd-gateway rbd-row; do
-    zcat "$debx/usr/share/man/man1/$m.1.gz" | grep -q '^\.TH' || fail "man page $m.1"
+    zcat "$debx/usr/share/man/man1/$m.1.gz" | grep '^\.TH' >/dev/null || fail "man page $m.1"
 done
 unit=$debx/lib/systemd/system/rbd-gateway@.service
 [ -f "$unit" ] || fail "no rbd-gateway@.service in the package"
@@ -96,9 +106,18 @@ grep -qx 'Restart=on-failure' "$unit" && grep -qx 'After=network-online.target' 
 depends=$(dpkg-deb -f "$deb" Depends)
 grep -q 'librados2' <<<"$depends" && grep -q 'librbd1' <<<"$depends" || fail "Depends: $depends"
 if [ "${RBD_ROW_DEB_LIBRBD:-auto}" != no ] && [ -f rbd-gateway/librbd/Cargo.toml ]; then
-    [ -f "$debx/usr/lib/rbd-row/librbd.so.1" ] || fail "librbd.so.1 drop-in missing from the package"
+    lib=$debx/usr/lib/rbd-row/librbd.so.1
+    [ -f "$lib" ] || fail "librbd.so.1 drop-in missing from the package"
+    readelf -d "$lib" | grep 'SONAME.*\[librbd\.so\.1\]' >/dev/null || fail "drop-in soname"
+    # It loads (its own dependencies resolve) and answers rbd_version.
+    python3 -c 'import ctypes, sys
+lib = ctypes.CDLL(sys.argv[1])
+v = [ctypes.c_int() for _ in range(3)]
+lib.rbd_version(*map(ctypes.byref, v))
+assert v[0].value >= 1, v' "$lib" || fail "the drop-in does not load"
 fi
-[ ! -e "$debx/usr/lib/x86_64-linux-gnu/librbd.so.1" ] || fail "the package ships over the system librbd"
+others=$(find "$debx" -name 'librbd.so*' ! -path "$debx/usr/lib/rbd-row/*")
+[ -z "$others" ] || fail "the package ships librbd outside /usr/lib/rbd-row: $others"
 # The role's unit, rendered with the package's paths, is the package's.
 diff <(grep -v '^#' "$unit") <(grep -v '^#' ansible/roles/rbd_row/templates/rbd-gateway@.service.j2 |
     sed -e 's|{{ rbd_row_conf_dir }}|/etc/rbd-row|; s|{{ rbd_row_gateway_bin }}|/usr/bin/rbd-gateway|; s|{{ rbd_row_restart_delay }}|5|') ||
@@ -161,7 +180,7 @@ play() {
     [ -n "$changed" ] || fail "no recap in $tmp/$name.log"
     step "$name: changed=$changed ($((SECONDS - t)) s)"
 }
-changed_tasks() { grep -B3 '^changed:' "$tmp/$1.log" | grep '^TASK' >&2 || true; }
+changed_tasks() { awk '/^(TASK|RUNNING HANDLER) \[/ { t = $0 } /^changed:/ { print t }' "$tmp/$1.log" >&2; }
 gateway_pid() { cat "$root/run/$instance.gateway.pid"; }
 admin_rbdrow() { "$debx/usr/bin/rbd-row" -c "$CEPH_CONF" --id admin --no-progress "$@"; }
 as_user() { # as_user USER KEYRING ARGS...: rbd-row as a restricted client
@@ -180,17 +199,21 @@ keyring=$root/etc/ceph.client.$user.keyring
 [ "$(stat -c %a "$keyring")" = 600 ] || fail "keyring mode $(stat -c %a "$keyring")"
 grep -q "^\[client.$user\]" "$keyring" || fail "keyring names no client.$user"
 pid1=$(gateway_pid)
-tr '\0' ' ' <"/proc/$pid1/cmdline" | grep -q -- "--id=$user --keyring=$keyring" || fail "gateway not run as client.$user"
+tr '\0' ' ' <"/proc/$pid1/cmdline" | grep -- "--id=$user --keyring=$keyring" >/dev/null || fail "gateway not run as client.$user"
 "$root/libexec/rbd-gateway-supervise" status "$root/etc/$instance.conf" "$root/run" "$root/bin/rbd-gateway" >/dev/null ||
     fail "supervisor not running"
 
 step "image, run 2: serve it (handler restarts the gateway)"
 admin_rbdrow create --size 64M "$pool/vol"
+# Caps changed by hand are put back to the least ones.
+ceph auth caps "client.$user" mon 'allow r' osd 'allow rwx' 2>/dev/null
 play apply2 -e '{"rbd_row_exports": ["vol"]}'
 ((changed > 0)) || fail "run 2 changed nothing"
+caps=$(ceph auth get "client.$user" -f json 2>/dev/null | python3 -c 'import json,sys; print(json.dumps(json.load(sys.stdin)[0]["caps"], sort_keys=True))')
+[ "$caps" = "{\"mon\": \"profile rbd\", \"osd\": \"profile rbd pool=$pool\"}" ] || fail "caps not restored: $caps"
 pid2=$(gateway_pid)
 [ "$pid2" != "$pid1" ] || fail "configuration changed but the gateway was not restarted"
-nbdinfo --list "nbd://127.0.0.1:$port" | grep -q 'export="vol"' || fail "nbdinfo --list does not show vol"
+nbdinfo --list "nbd://127.0.0.1:$port" | grep 'export="vol"' >/dev/null || fail "nbdinfo --list does not show vol"
 [ "$(nbdinfo --size "nbd://127.0.0.1:$port/vol")" = $((64 << 20)) ] || fail "nbdinfo --size"
 head -c $((4 << 20)) /dev/urandom >"$tmp/data.raw"
 truncate -s 64M "$tmp/data.raw"
@@ -211,7 +234,7 @@ fi
 grep -qi 'permission\|not permitted\|EPERM\|EACCES\|denied' <<<"$out" || fail "gateway user on pool rbd: unexpected error: $out"
 # (librados logs that the conf's keyring path is missing before --keyring
 # applies; harmless, kept out of the output)
-as_user "$user" "$keyring" ls "$pool" 2>"$tmp/own-pool.err" | grep -qx vol || fail "client.$user cannot list its own pool"
+as_user "$user" "$keyring" ls "$pool" 2>"$tmp/own-pool.err" | grep -x vol >/dev/null || fail "client.$user cannot list its own pool"
 
 step "run 3 and --check change nothing"
 play apply3 -e '{"rbd_row_exports": ["vol"]}'
@@ -230,6 +253,37 @@ done
 [ -n "$pid3" ] && [ "$pid3" != "$pid2" ] || fail "gateway not restarted after SIGKILL"
 qemu-img compare -f raw -F raw "$tmp/data.raw" "nbd://127.0.0.1:$port/vol" >/dev/null || fail "data after restart"
 
+step "TLS with client certificates"
+pki=$tmp/pki
+mkdir -p "$pki/client" "$pki/anon"
+leaf() { # leaf NAME EXTENSIONS: NAME-cert.pem/NAME-key.pem signed by the CA
+    printf "$2" >"$pki/$1.ext"
+    openssl req -new -nodes -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 \
+        -keyout "$pki/$1-key.pem" -out "$pki/$1.csr" -subj "/CN=rbd-row addon $1"
+    openssl x509 -req -in "$pki/$1.csr" -CA "$pki/ca-cert.pem" -CAkey "$pki/ca-key.pem" \
+        -CAcreateserial -out "$pki/$1-cert.pem" -days 2 -extfile "$pki/$1.ext"
+}
+{
+    openssl req -x509 -new -nodes -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 \
+        -keyout "$pki/ca-key.pem" -out "$pki/ca-cert.pem" -days 2 -subj "/CN=rbd-row addon CA" \
+        -addext basicConstraints=critical,CA:TRUE -addext keyUsage=critical,keyCertSign,cRLSign
+    leaf server 'basicConstraints=CA:FALSE\nkeyUsage=critical,digitalSignature,keyEncipherment\nextendedKeyUsage=serverAuth\nsubjectAltName=IP:127.0.0.1,DNS:localhost\n'
+    leaf client 'basicConstraints=CA:FALSE\nkeyUsage=critical,digitalSignature,keyEncipherment\nextendedKeyUsage=clientAuth\n'
+} >"$tmp/openssl.log" 2>&1 || { cat "$tmp/openssl.log" >&2; fail "openssl"; }
+cp "$pki/ca-cert.pem" "$pki/client-cert.pem" "$pki/client-key.pem" "$pki/client/"
+cp "$pki/ca-cert.pem" "$pki/anon/"
+play tls -e "{\"rbd_row_exports\": [\"vol\"], \"rbd_row_tls_cert\": \"$pki/server-cert.pem\",
+    \"rbd_row_tls_key\": \"$pki/server-key.pem\", \"rbd_row_tls_ca\": \"$pki/ca-cert.pem\",
+    \"rbd_row_health_tls_certificates\": \"$pki/client\"}"
+((changed > 0)) || fail "enabling TLS changed nothing"
+[ "$(stat -c %a "$root/etc/tls/$instance/key.pem")" = 600 ] || fail "TLS key mode"
+if nbdinfo --list "nbd://127.0.0.1:$port" >/dev/null 2>&1; then fail "TLS required, but a plain client listed the exports"; fi
+if nbdinfo --size "nbds://127.0.0.1:$port/vol?tls-certificates=$pki/anon" >/dev/null 2>&1; then
+    fail "a TLS client without a certificate got in"
+fi
+[ "$(nbdinfo --size "nbds://127.0.0.1:$port/vol?tls-certificates=$pki/client")" = $((64 << 20)) ] ||
+    fail "the client certificate does not get in"
+
 step "teardown"
 play absent1 -e '{"rbd_row_exports": ["vol"]}' -e rbd_row_state=absent
 ((changed > 0)) || fail "teardown changed nothing"
@@ -239,6 +293,25 @@ left=$(find "$root" -mindepth 1 ! -path "$root/bin" 2>/dev/null | head)
 if ceph auth get "client.$user" >/dev/null 2>&1; then fail "client.$user still exists"; fi
 play absent2 -e '{"rbd_row_exports": ["vol"]}' -e rbd_row_state=absent
 ((changed == 0)) || { changed_tasks absent2; fail "second teardown: changed=$changed"; }
-admin_rbdrow ls "$pool" | grep -qx vol || fail "teardown touched the images"
+admin_rbdrow ls "$pool" | grep -x vol >/dev/null || fail "teardown touched the images"
+
+# --- 4. the role with the package (install source deb: apt installs it) ----
+step "install source deb: apply, teardown"
+if dpkg-query -W -f='${Status}' rbd-row 2>/dev/null | grep "ok installed" >/dev/null; then
+    fail "the package rbd-row is already installed on this machine; the test installs and removes it (dpkg -r rbd-row first)"
+fi
+deb_vars=(-e rbd_row_install_source=deb -e "rbd_row_deb=$deb" -e rbd_row_bin_dir=/usr/bin -e '{"rbd_row_exports": ["vol"]}')
+touch "$tmp/deb-installed"
+play deb1 "${deb_vars[@]}"
+dpkg-query -W -f='${Status}' rbd-row | grep "ok installed" >/dev/null || fail "package not installed"
+[ "$(readlink "/proc/$(gateway_pid)/exe")" = /usr/bin/rbd-gateway ] || fail "the gateway does not run the package's binary"
+qemu-img compare -f raw -F raw "$tmp/data.raw" "nbd://127.0.0.1:$port/vol" >/dev/null || fail "data through the package's gateway"
+play deb2 "${deb_vars[@]}" -e rbd_row_state=absent
+if dpkg-query -W -f='${Status}' rbd-row 2>/dev/null | grep "ok installed" >/dev/null; then fail "package not removed"; fi
+[ ! -e /usr/bin/rbd-gateway ] && [ ! -e /var/cache/rbd-row ] || fail "package files left"
+if pgrep -f -- "$root/" >/dev/null; then fail "processes left: $(pgrep -a -f -- "$root/")"; fi
+left=$(find "$root" -mindepth 1 ! -path "$root/bin" 2>/dev/null | head)
+[ -z "$left" ] || fail "files left: $left"
+if ceph auth get "client.$user" >/dev/null 2>&1; then fail "client.$user still exists"; fi
 
 step "ok ($((SECONDS - start)) s)"
