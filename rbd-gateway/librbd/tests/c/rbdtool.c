@@ -1,10 +1,11 @@
 /*
  * Pool-level helper for the drop-in's tests, through whichever librbd.so.1
  * is loaded: create (rbd_create; a ROW image when RBD_ROW_CREATE=1), remove
- * (rbd_remove), snap (rbd_open + rbd_snap_create), list (rbd_list2).
+ * (rbd_remove), snap/unsnap (rbd_open + rbd_snap_create/rbd_snap_remove),
+ * list (rbd_list2).
  *
  * usage: rbdtool create POOL IMAGE SIZE_MIB | remove POOL IMAGE |
- *        snap POOL IMAGE SNAP | list POOL
+ *        snap POOL IMAGE SNAP | unsnap POOL IMAGE SNAP | list POOL
  * Exit status 0 on success, else the negated return value (capped).
  */
 #include <rbd/librbd.h>
@@ -39,6 +40,13 @@ int main(int argc, char **argv) {
     r = rbd_snap_create(img, argv[4]);
     rbd_close(img);
     if (r < 0) return fail("rbd_snap_create", r);
+  } else if (!strcmp(argv[1], "unsnap") && argc == 5) {
+    rbd_image_t img;
+    r = rbd_open(io, argv[3], &img, NULL);
+    if (r < 0) return fail("rbd_open", r);
+    r = rbd_snap_remove(img, argv[4]);
+    rbd_close(img);
+    if (r < 0) return fail("rbd_snap_remove", r);
   } else if (!strcmp(argv[1], "list") && argc == 3) {
     rbd_image_spec_t specs[1024];
     size_t n = 1024;
