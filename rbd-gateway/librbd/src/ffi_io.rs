@@ -558,3 +558,55 @@ pub unsafe extern "C" fn rbd_aio_flush(image: *mut c_void, c: *mut c_void) -> c_
         }
     }
 }
+
+/// `rbd_aio_write2` (op flags are hints; ROW images ignore them).
+///
+/// # Safety
+/// As librbd.
+#[no_mangle]
+pub unsafe extern "C" fn rbd_aio_write2(
+    image: *mut c_void,
+    off: u64,
+    len: usize,
+    buf: *const c_char,
+    c: *mut c_void,
+    op_flags: c_int,
+) -> c_int {
+    // SAFETY: per the contract, for all calls below.
+    unsafe {
+        match lookup(image) {
+            Err(e) => e,
+            Ok(Handle::Native(n)) => submit_native(n, c, |img, nc| {
+                native_call!(rbd_aio_write2: fn(*mut c_void, u64, usize, *const c_char, *mut c_void, c_int) -> c_int;
+                    img, off, len, buf, nc, op_flags)
+            }),
+            Ok(Handle::Row(_)) => rbd_aio_write(image, off, len, buf, c),
+        }
+    }
+}
+
+/// `rbd_aio_read2` (op flags ignored for ROW images).
+///
+/// # Safety
+/// As librbd.
+#[no_mangle]
+pub unsafe extern "C" fn rbd_aio_read2(
+    image: *mut c_void,
+    off: u64,
+    len: usize,
+    buf: *mut c_char,
+    c: *mut c_void,
+    op_flags: c_int,
+) -> c_int {
+    // SAFETY: per the contract, for all calls below.
+    unsafe {
+        match lookup(image) {
+            Err(e) => e,
+            Ok(Handle::Native(n)) => submit_native(n, c, |img, nc| {
+                native_call!(rbd_aio_read2: fn(*mut c_void, u64, usize, *mut c_char, *mut c_void, c_int) -> c_int;
+                    img, off, len, buf, nc, op_flags)
+            }),
+            Ok(Handle::Row(_)) => rbd_aio_read(image, off, len, buf, c),
+        }
+    }
+}

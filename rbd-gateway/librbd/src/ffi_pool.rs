@@ -404,6 +404,79 @@ pub unsafe extern "C" fn rbd_open_read_only(
     unsafe { open(io, name, image, snap_name, true) }
 }
 
+/// Shared by `rbd_open_by_id` and `rbd_open_by_id_read_only`: a ROW image
+/// by its engine id, else the native image of that id.
+///
+/// # Safety
+/// As librbd.
+unsafe fn open_by_id(
+    io: *mut c_void,
+    id: *const c_char,
+    image: *mut *mut c_void,
+    snap_name: *const c_char,
+    read_only: bool,
+) -> c_int {
+    if image.is_null() {
+        return -libc::EINVAL;
+    }
+    // SAFETY: per the contract.
+    let r = (|| unsafe {
+        let want = str_arg(id)?;
+        let snap = opt_str_arg(snap_name)?;
+        let (st, pool) = store_named(io)?;
+        let s = st.clone();
+        let rows = run(async move { s.list().await })?;
+        if let Some(e) = rows.into_iter().find(|e| e.id.0 == want) {
+            *image = open_row(st, pool, e.name, snap, read_only)?;
+            return Ok(0);
+        }
+        let mut raw: *mut c_void = std::ptr::null_mut();
+        let r = if read_only {
+            native_call!(rbd_open_by_id_read_only: fn(*mut c_void, *const c_char, *mut *mut c_void, *const c_char) -> c_int;
+                io, id, &mut raw, snap_name)
+        } else {
+            native_call!(rbd_open_by_id: fn(*mut c_void, *const c_char, *mut *mut c_void, *const c_char) -> c_int;
+                io, id, &mut raw, snap_name)
+        };
+        if r < 0 {
+            return Err(r);
+        }
+        *image = handle::add_native(raw);
+        Ok(0)
+    })();
+    ok(r)
+}
+
+/// `rbd_open_by_id`.
+///
+/// # Safety
+/// As librbd.
+#[no_mangle]
+pub unsafe extern "C" fn rbd_open_by_id(
+    io: *mut c_void,
+    id: *const c_char,
+    image: *mut *mut c_void,
+    snap_name: *const c_char,
+) -> c_int {
+    // SAFETY: per the contract.
+    unsafe { open_by_id(io, id, image, snap_name, false) }
+}
+
+/// `rbd_open_by_id_read_only`.
+///
+/// # Safety
+/// As librbd.
+#[no_mangle]
+pub unsafe extern "C" fn rbd_open_by_id_read_only(
+    io: *mut c_void,
+    id: *const c_char,
+    image: *mut *mut c_void,
+    snap_name: *const c_char,
+) -> c_int {
+    // SAFETY: per the contract.
+    unsafe { open_by_id(io, id, image, snap_name, true) }
+}
+
 /// `rbd_close`: waits for the image's operations, releases ownership.
 ///
 /// # Safety

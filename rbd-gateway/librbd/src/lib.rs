@@ -30,6 +30,7 @@ pub mod ffi_image;
 pub mod ffi_io;
 pub mod ffi_pool;
 pub mod ffi_snap;
+pub mod forward;
 pub mod handle;
 pub mod native;
 pub mod pool;

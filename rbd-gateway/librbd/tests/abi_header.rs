@@ -216,3 +216,25 @@ fn fio_qemu_and_issue_functions_are_exported() {
         .collect();
     assert!(missing.is_empty(), "not exported: {missing:?}");
 }
+
+/// Every C function of the system librbd exists here too (implemented or
+/// forwarded), so no librbd C client fails to load.
+#[test]
+fn every_system_librbd_c_function_is_exported() {
+    let have = defined_symbols();
+    let sys = common::run_ok(Command::new("nm").args([
+        "-D",
+        "--defined-only",
+        "/usr/lib/x86_64-linux-gnu/librbd.so.1",
+    ]));
+    let missing: Vec<&str> = sys
+        .lines()
+        .filter_map(|l| l.split_whitespace().nth(2))
+        .filter(|s| s.starts_with("rbd_"))
+        .filter(|s| !have.iter().any(|h| h == s))
+        .collect();
+    assert!(
+        missing.is_empty(),
+        "system librbd functions missing here: {missing:?}"
+    );
+}

@@ -76,5 +76,18 @@ fn c_program_matches_real_librbd() {
     assert_eq!(value(&row, "open.second_writer"), "-16");
     assert_eq!(value(&native, "open.second_writer"), "0");
     assert_eq!(value(&row, "diff.s1 1048576+4096"), "exists=0");
+    // Functions forwarded to the system librbd (forward.rs): librbd's
+    // answer on a native image, -EOPNOTSUPP on a ROW image.
+    for key in [
+        "forwarded.get_id",
+        "forwarded.metadata_set",
+        "forwarded.metadata_get",
+        "forwarded.get_stripe_unit",
+    ] {
+        assert_eq!(value(&passthrough, key), value(&native, key), "{key}");
+        assert_eq!(value(&row, key), "-95", "{key}");
+    }
+    assert_eq!(value(&native, "forwarded.metadata_get"), "1");
+    assert_eq!(value(&native, "forwarded.get_stripe_unit"), "4194304");
     assert_eq!(value(&native, "diff.s1 1048576+4096"), "exists=1");
 }

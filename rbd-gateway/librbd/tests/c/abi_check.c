@@ -276,6 +276,17 @@ int main(int argc, char **argv) {
   info("open.second_writer", r2); /* ROW: -EBUSY; native: 0 (lock handed over on write) */
   if (r2 == 0) rbd_close(second);
 
+  /* functions this library forwards to the system librbd: native images
+   * get librbd's answer, ROW images -EOPNOTSUPP */
+  char idbuf[64], val[64];
+  size_t vlen = sizeof val;
+  info("forwarded.get_id", rbd_get_id(img, idbuf, sizeof idbuf));
+  info("forwarded.metadata_set", rbd_metadata_set(img, "k", "v"));
+  int mg = rbd_metadata_get(img, "k", val, &vlen);
+  info("forwarded.metadata_get", mg == 0 ? (strcmp(val, "v") == 0 ? 1 : -1) : mg);
+  uint64_t stripe = 0;
+  info("forwarded.get_stripe_unit", rbd_get_stripe_unit(img, &stripe) == 0 ? (long long)stripe : -95);
+
   /* protect, rollback, remove */
   out("snap_protect", rbd_snap_protect(img, "s1"));
   out("snap_remove.protected", rbd_snap_remove(img, "s1"));
