@@ -6,7 +6,8 @@
 //! changes nothing on the system; `QEMU_MODULE_DIR` points qemu-img at the
 //! unpacked block-rbd.so, which loads librbd.so.1 from `LD_LIBRARY_PATH`.
 //!
-//! On a ROW image and a native image (pass-through): `qemu-img convert`
+//! `qemu-img create` makes a ROW image (`RBD_ROW_CREATE=1`) and a native
+//! one; on both (the native one through the pass-through): `qemu-img convert`
 //! writes a sparse raw file, `compare` finds it identical, `map` reports the
 //! same data extents for both (QEMU asks `rbd_diff_iterate2`), `snapshot`
 //! creates and lists, and a `qemu-io` write makes `compare` differ.
@@ -145,16 +146,33 @@ fn qemu_7_2_rbd_driver_on_row_and_native_images() {
     let src = work.path().join("src.raw");
     write_source(&src);
     let rbdtool = common::compile("rbdtool", work.path());
+    // qemu-img create makes the images through rbd_create: a ROW image
+    // with RBD_ROW_CREATE=1, a native one without.
     let row = common::unique("qrow");
     common::run_ok(
-        Command::new(&rbdtool)
-            .args(["create", "rbd", &row, "64"])
-            .env("CEPH_CONF", common::ceph_conf())
-            .env("LD_LIBRARY_PATH", lib.path())
+        q.cmd("qemu-img")
+            .args(["create", "-f", "raw", &spec(&row), "64M"])
             .env("RBD_ROW_CREATE", "1"),
     );
     let native = common::unique("qnat");
-    common::rbd_create_native(&native, "64M");
+    common::run_ok(
+        q.cmd("qemu-img")
+            .args(["create", "-f", "raw", &spec(&native), "64M"]),
+    );
+    let info = |image: &str| {
+        Command::new("rbd")
+            .args(["info", &format!("rbd/{image}")])
+            .output()
+            .expect("rbd info")
+    };
+    assert!(
+        !info(&row).status.success(),
+        "the real rbd tool sees {row}: not a ROW image"
+    );
+    assert!(
+        info(&native).status.success(),
+        "{native} is not a native image"
+    );
 
     let mut maps = Vec::new();
     for image in [&row, &native] {
