@@ -41,6 +41,15 @@ export ROW_MODEL_CASES="${ROW_MODEL_CASES:-2000}"
 export ROW_CRASH_CASES="${ROW_CRASH_CASES:-3000}"
 export ROW_SIM_SEEDS="${ROW_SIM_SEEDS:-1000}"
 cargo test --workspace --no-fail-fast 2>&1 | tee /tmp/rbd-row-tests.log
+# >>> librbd (issue 8; rbd-gateway/librbd) >>>
+# The librbd drop-in's tests run in the --ignored stage below (about 40 s):
+# they compile C clients with cc, and qemu.rs fetches Debian bookworm's
+# QEMU 7.2 (qemu-utils, qemu-block-extra) with apt-get download into
+# $RBD_ROW_QEMU72_DIR. Make sure cc is there and apt knows a 7.2 version.
+command -v cc >/dev/null || { apt-get update -qq; DEBIAN_FRONTEND=noninteractive apt-get install -y -qq gcc >/dev/null; }
+apt-cache madison qemu-block-extra 2>/dev/null | grep '| 1:7\.2' >/dev/null || apt-get update -qq
+export RBD_ROW_QEMU72_DIR="${RBD_ROW_QEMU72_DIR:-/tmp/rbd-row-qemu72}"
+# <<< librbd <<<<<<<<<<<<<<<<<<<<<<<<<<<<<<<<<<<<<<<<<<<<<<<<<<<<<<<<<<<<<<<<<<
 # The osd_failure_* tests need the 3-OSD cluster below (they fail on this one).
 cargo test --workspace --no-fail-fast -- --ignored --skip osd_failure_ 2>&1 | tee -a /tmp/rbd-row-tests.log
 # >>> addon (issue 11; ansible/, rbd-gateway/debian/, tests/addon/run.sh) >>>
