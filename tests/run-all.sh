@@ -59,9 +59,11 @@ cargo test --workspace --no-fail-fast -- --ignored --skip osd_failure_ 2>&1 | te
 # with dpkg -x; the rbd_row role applied with -i localhost, -c local
 # (supervised, no systemd here): restricted cephx user, qemu-img and nbdinfo
 # through the export, clients without caps refused, changed=0 on a rerun
-# and in --check, restart after SIGKILL, teardown leaves nothing. Installs
-# ansible, ansible-lint, help2man, dpkg-dev (apt) and cargo-deb (cargo
-# install) when missing. About 4 minutes.
+# and in --check, restart after SIGKILL, TLS with client certificates,
+# teardown leaves nothing; then install source deb (apt installs and removes
+# the package). Installs ansible, ansible-lint, shellcheck, help2man,
+# dpkg-dev (apt) and cargo-deb (cargo install) when missing. About 4-5
+# minutes.
 tests/addon/run.sh
 # <<< addon <<<<<<<<<<<<<<<<<<<<<<<<<<<<<<<<<<<<<<<<<<<<<<<<<<<<<<<<<<<<<<<<<<<
 

@@ -62,11 +62,13 @@ help2man --no-info --section 1 \
 out=${OUT:-$target_dir/debian}
 mkdir -p "$out"
 log=$(mktemp)
-trap 'rm -f "$log"' EXIT
-if ! cargo deb -p rbd-gateway --no-build --profile "$profile" "${variant[@]}" --output "$out" >"$log" 2>&1; then
-    cat "$log" >&2
+trap 'rm -f "$log" "$log.out"' EXIT
+if ! cargo deb -p rbd-gateway --no-build --profile "$profile" "${variant[@]}" --output "$out" >"$log.out" 2>"$log"; then
+    cat "$log" "$log.out" >&2
     exit 1
 fi
 grep -v 'dev profile is not supported\|cargo-deb is for making releases\|To enable debug symbols\|Cargo also supports custom profiles' "$log" >&2 || true
-deb=$(ls -t "$out"/rbd-row_*.deb | head -n1)
+# cargo deb prints the package's path last.
+deb=$(tail -n1 "$log.out")
+[ -f "$deb" ] || { echo "build-deb.sh: cargo deb made no package ($deb)" >&2; exit 1; }
 echo "$deb"

@@ -5,6 +5,7 @@
 #   eval "$(tests/ceph/cluster.sh env)"; tests/addon/run.sh
 #
 # 1. ansible-lint reports nothing; ansible-playbook --syntax-check passes;
+#    the scripts pass shellcheck;
 #    group_vars documents every role default with its value; the role's
 #    systemd unit is the package's (paths aside), and systemd-analyze
 #    accepts it.
@@ -35,7 +36,6 @@
 #    serves the data written above; teardown removes the package too.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
-repo=$PWD
 : "${CEPH_CONF:?needs the test cluster: eval \"\$(tests/ceph/cluster.sh env)\"}"
 
 step() { echo "[addon] $*" >&2; }
@@ -44,7 +44,7 @@ step() { echo "[addon] $*" >&2; }
 fail() { echo "[addon] FAILED: $*" >&2; exit 1; }
 
 need=()
-for pkg in ansible ansible-lint help2man dpkg-dev libnbd-bin qemu-utils sudo; do
+for pkg in ansible ansible-lint shellcheck help2man dpkg-dev libnbd-bin qemu-utils openssl sudo; do
     dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep "ok installed" >/dev/null || need+=("$pkg")
 done
 if ((${#need[@]})); then
@@ -79,12 +79,14 @@ trap cleanup EXIT
 start=$SECONDS
 
 # --- 1. lint, syntax, documentation ----------------------------------------
-step "ansible-lint, syntax check"
+step "ansible-lint, syntax check, shellcheck"
 lint_out=$(cd ansible && ansible-lint --nocolor -q 2>&1) || fail "ansible-lint: $lint_out"
 # "reports nothing": no rule violation listed (only its closing summary line)
 if grep -v '^Passed with\|^$' <<<"$lint_out" | grep . >/dev/null; then fail "ansible-lint reported: $lint_out"; fi
 (cd ansible && ansible-playbook --syntax-check -i inventory/hosts.example.ini site.yml >/dev/null)
 python3 tests/addon/check_docs.py
+shellcheck -x tests/addon/run.sh rbd-gateway/debian/build-deb.sh
+shellcheck -s sh ansible/roles/rbd_row/files/rbd-gateway-supervise
 
 # --- 2. the Debian package -------------------------------------------------
 step "building the .deb (debug binaries, stripped)"
@@ -102,9 +104,11 @@ for m in rbd-gateway rbd-row; do
 done
 unit=$debx/lib/systemd/system/rbd-gateway@.service
 [ -f "$unit" ] || fail "no rbd-gateway@.service in the package"
-grep -qx 'Restart=on-failure' "$unit" && grep -qx 'After=network-online.target' "$unit" || fail "unit: Restart/After"
+if ! grep -qx 'Restart=on-failure' "$unit" || ! grep -qx 'After=network-online.target' "$unit"; then
+    fail "unit: Restart/After"
+fi
 depends=$(dpkg-deb -f "$deb" Depends)
-grep -q 'librados2' <<<"$depends" && grep -q 'librbd1' <<<"$depends" || fail "Depends: $depends"
+if ! grep -q 'librados2' <<<"$depends" || ! grep -q 'librbd1' <<<"$depends"; then fail "Depends: $depends"; fi
 if [ "${RBD_ROW_DEB_LIBRBD:-auto}" != no ] && [ -f rbd-gateway/librbd/Cargo.toml ]; then
     lib=$debx/usr/lib/rbd-row/librbd.so.1
     [ -f "$lib" ] || fail "librbd.so.1 drop-in missing from the package"
@@ -250,14 +254,14 @@ for _ in $(seq 100); do
     [ -n "$pid3" ] && [ "$pid3" != "$pid2" ] && nbdinfo --list "nbd://127.0.0.1:$port" >/dev/null 2>&1 && break
     sleep 0.2
 done
-[ -n "$pid3" ] && [ "$pid3" != "$pid2" ] || fail "gateway not restarted after SIGKILL"
+if [ -z "$pid3" ] || [ "$pid3" = "$pid2" ]; then fail "gateway not restarted after SIGKILL"; fi
 qemu-img compare -f raw -F raw "$tmp/data.raw" "nbd://127.0.0.1:$port/vol" >/dev/null || fail "data after restart"
 
 step "TLS with client certificates"
 pki=$tmp/pki
 mkdir -p "$pki/client" "$pki/anon"
 leaf() { # leaf NAME EXTENSIONS: NAME-cert.pem/NAME-key.pem signed by the CA
-    printf "$2" >"$pki/$1.ext"
+    printf '%b' "$2" >"$pki/$1.ext"
     openssl req -new -nodes -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 \
         -keyout "$pki/$1-key.pem" -out "$pki/$1.csr" -subj "/CN=rbd-row addon $1"
     openssl x509 -req -in "$pki/$1.csr" -CA "$pki/ca-cert.pem" -CAkey "$pki/ca-key.pem" \
@@ -308,7 +312,7 @@ dpkg-query -W -f='${Status}' rbd-row | grep "ok installed" >/dev/null || fail "p
 qemu-img compare -f raw -F raw "$tmp/data.raw" "nbd://127.0.0.1:$port/vol" >/dev/null || fail "data through the package's gateway"
 play deb2 "${deb_vars[@]}" -e rbd_row_state=absent
 if dpkg-query -W -f='${Status}' rbd-row 2>/dev/null | grep "ok installed" >/dev/null; then fail "package not removed"; fi
-[ ! -e /usr/bin/rbd-gateway ] && [ ! -e /var/cache/rbd-row ] || fail "package files left"
+if [ -e /usr/bin/rbd-gateway ] || [ -e /var/cache/rbd-row ]; then fail "package files left"; fi
 if pgrep -f -- "$root/" >/dev/null; then fail "processes left: $(pgrep -a -f -- "$root/")"; fi
 left=$(find "$root" -mindepth 1 ! -path "$root/bin" 2>/dev/null | head)
 [ -z "$left" ] || fail "files left: $left"
