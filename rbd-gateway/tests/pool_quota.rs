@@ -11,7 +11,10 @@
 //!   does not hang;
 //! - CLI clients (`rbd-row import`, `rbd-row bench --io-type write`) exit
 //!   nonzero with a message within the same bound;
-//! - the gateway keeps running.
+//! - the gateway keeps running;
+//! - space can be freed: `snap rm` and `rm` of another image succeed, and
+//!   free space in the pool, while `snap create` of the served image (a
+//!   request the gateway runs) fails with ENOSPC.
 //!
 //! After `max_bytes 0`: the served image takes writes again, every write
 //! acknowledged and flushed before the quota reads back, the snapshot
@@ -217,6 +220,17 @@ fn qemu_io_ok(url: &str, cmd: &str) {
     );
 }
 
+/// How many objects `pool` holds (`rados ls`: exact, unlike the usage
+/// figures of `ceph df`, which the OSDs report seconds late).
+fn pool_objects(conf: &str, pool: &str) -> usize {
+    let out = Command::new("timeout")
+        .args(["60", "rados", "-c", conf, "-p", pool, "ls"])
+        .output()
+        .expect("run rados ls");
+    assert!(out.status.success(), "{}", show("rados ls", &out));
+    String::from_utf8_lossy(&out.stdout).lines().count()
+}
+
 fn is_clean_space_error(text: &str) -> bool {
     let t = text.to_lowercase();
     t.contains("no space left")
@@ -251,6 +265,22 @@ fn pool_quota_reached_mid_write_gives_clean_errors_and_recovers() {
     let dir = tempfile::tempdir().expect("tempdir");
     row_ok(&conf, &["create", &image, "--size", "64M"]);
     row_ok(&conf, &["create", &image2, "--size", "64M"]);
+    // An image to free space with while the pool is full.
+    let spare = format!("{pool}/spare");
+    row_ok(&conf, &["create", &spare, "--size", "16M"]);
+    let bench_spare = [
+        "bench",
+        "--io-type",
+        "write",
+        "--io-size",
+        "64K",
+        "--io-total",
+        "8M",
+        spare.as_str(),
+    ];
+    row_ok(&conf, &bench_spare);
+    row_ok(&conf, &["snap", "create", &format!("{spare}@old")]);
+    row_ok(&conf, &bench_spare);
     let mut gw = GatewayProc::start(&conf, &image, dir.path());
     let url = gw.url(&image);
 
@@ -375,6 +405,39 @@ fn pool_quota_reached_mid_write_gives_clean_errors_and_recovers() {
         }
     }
     gw.assert_alive("while the pool was full (CLI)");
+
+    // Freeing space on the full pool: removals are applied (the OSD takes
+    // what does not grow the pool), a snapshot is refused.
+    let objects_full = pool_objects(&conf, &pool);
+    for args in [
+        vec!["snap", "rm", &format!("{spare}@old")],
+        vec!["rm", spare.as_str()],
+    ] {
+        let out = row(&conf, &args);
+        if !out.status.success() {
+            problems.push(format!(
+                "on the full pool, {}",
+                show(&format!("rbd-row {args:?}"), &out)
+            ));
+        }
+    }
+    let snap = row(&conf, &["snap", "create", &format!("{image}@full")]);
+    let text = show("rbd-row snap create on the full pool", &snap);
+    if snap.status.code() != Some(28) || !is_clean_space_error(&text) {
+        problems.push(format!(
+            "snapshot on the full pool not refused with ENOSPC: {text}"
+        ));
+    }
+    gw.assert_alive("while the pool was full (freeing space)");
+    let objects = pool_objects(&conf, &pool);
+    eprintln!(
+        "pool_quota: {objects_full} -> {objects} objects after snap rm and rm on the full pool"
+    );
+    if objects >= objects_full {
+        problems.push(format!(
+            "removals on the full pool freed nothing: {objects_full} -> {objects} objects"
+        ));
+    }
 
     // Lift the quota.
     ceph_ok(

@@ -299,21 +299,18 @@ fn build_write_op(st: &mut OpState, op: &WriteOp) -> Result<()> {
     Ok(())
 }
 
-/// Whether `op` may grow the pool's bytes or objects (the OSD's test for a
-/// full pool). The others only remove, zero, truncate or drop omap keys and
-/// xattrs (the idempotent `create` that `build_write_op` adds before some of
-/// them grows the pool only for a missing object; the OSD then refuses it).
-fn may_grow(op: &WriteOp) -> bool {
-    op.actions.iter().any(|a| {
-        matches!(
-            a,
-            Action::Create
-                | Action::Write { .. }
-                | Action::WriteFull(_)
-                | Action::OmapSet(_)
-                | Action::SetXattr(..)
-        )
-    })
+/// Whether a full pool must hold `op` back (see `pool_full`): it writes
+/// data at an offset or sets omap keys, which the OSD lets through a full
+/// pool when sent full-try (an overwrite does not grow the pool's byte
+/// count, and omap is not counted), so they would go on past a quota.
+/// Every other op is sent full-try and the OSD decides exactly: it applies
+/// it unless it grows the pool's bytes or objects (a removal, zeroing, a
+/// header rewrite that is not larger, an xattr on an existing object) and
+/// otherwise answers `EDQUOT`/`ENOSPC`, applying nothing.
+fn held_when_full(op: &WriteOp) -> bool {
+    op.actions
+        .iter()
+        .any(|a| matches!(a, Action::Write { .. } | Action::OmapSet(_)))
 }
 
 /// A second ioctx on the pool and namespace of `io`, with
@@ -661,20 +658,20 @@ impl RadosBackend {
         }
         let mut st = OpState::new(self.io.clone(), cstring(oid, "object name")?);
         build_write_op(&mut st, &op)?;
-        let grows = may_grow(&op);
-        let flags = if grows {
+        let held = held_when_full(&op);
+        let flags = if held {
             // Refused while the pool is known full; cancelled if it waits
             // on a pool that turns out full (see `pool_full`).
             self.space.admit(&format!("operate on {oid}")).await?;
             st.cancellable(self.space.inflight.clone());
             sys::LIBRADOS_OPERATION_NOFLAG
         } else {
-            // Cannot grow the pool: never held for a full pool; the OSD
-            // refuses it (EDQUOT/ENOSPC) if it would grow it after all.
+            // Never held for a full pool: the OSD applies it unless it
+            // grows the pool, and then refuses it (EDQUOT/ENOSPC).
             sys::LIBRADOS_OPERATION_FULL_TRY
         };
         let hook: &dyn StallHook = &*self.space;
-        let stall = grows.then_some((hook, STALL_CHECK));
+        let stall = held.then_some((hook, STALL_CHECK));
         let st = submit(st, self.op_timeout, stall, |raw, comp| {
             // SAFETY: the write op and object name live in the leaked state.
             unsafe {
@@ -1411,23 +1408,24 @@ mod tests {
     }
 
     #[test]
-    fn which_ops_may_grow_the_pool() {
+    fn which_ops_a_full_pool_holds_back() {
         let b = Bytes::from_static(b"x");
         for a in [
-            Action::Create,
             Action::Write {
                 offset: 0,
                 data: b.clone(),
             },
-            Action::WriteFull(b.clone()),
             Action::OmapSet(vec![("k".into(), b.clone())]),
-            Action::SetXattr("n".into(), b.clone()),
         ] {
-            assert!(may_grow(&op(a.clone())), "{a:?}");
-            // Anything that may grow makes the whole op growing.
-            assert!(may_grow(&op(Action::Remove).action(a.clone())), "{a:?}");
+            assert!(held_when_full(&op(a.clone())), "{a:?}");
+            // Such an action makes the whole op held back.
+            let mixed = op(Action::WriteFull(b.clone())).action(a.clone());
+            assert!(held_when_full(&mixed), "{a:?}");
         }
         for a in [
+            Action::Create,
+            Action::WriteFull(b.clone()),
+            Action::SetXattr("n".into(), b.clone()),
             Action::Remove,
             Action::Zero { offset: 0, len: 1 },
             Action::Truncate(0),
@@ -1436,8 +1434,8 @@ mod tests {
             Action::RemoveXattr("n".into()),
         ] {
             let guarded = op(a.clone()).guard(Guard::XattrEquals("o".into(), b.clone()));
-            assert!(!may_grow(&op(a.clone())), "{a:?}");
-            assert!(!may_grow(&guarded), "{a:?}");
+            assert!(!held_when_full(&op(a.clone())), "{a:?}");
+            assert!(!held_when_full(&guarded), "{a:?}");
         }
     }
 }

@@ -47,10 +47,11 @@
 //!   afterwards cannot be raced by the fenced client's ops.
 //! * Full pools: librados holds writes to a pool flagged full until it is
 //!   not, or until the op timeout. The backend reads the flag from the
-//!   monitors when a write stalls, refuses writes that may grow the pool
-//!   while it is full (`NoSpace`), cancels those already waiting, and sends
-//!   removals and locking through ops librados does not hold (see
-//!   `pool_full`).
+//!   monitors when a data write stalls, refuses data writes and omap
+//!   updates while the pool is full (`NoSpace`), cancels those already
+//!   waiting, and sends every other write (removals, header rewrites,
+//!   locks, watches) full-try, so that the OSD applies it unless it grows
+//!   the pool (see `pool_full`).
 //! * Errors: negative errno to [`row_layer::ErrorKind`] by [`classify`];
 //!   guard failures are reported as the guard that failed.
 //!

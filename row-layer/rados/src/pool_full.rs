@@ -8,29 +8,38 @@
 //! with `ENOSPC` when it sees the flag (`Client::_handle_full_flag`); the
 //! backend does the same here:
 //!
-//! * The C API does not expose the OSD map, so the flag is read from the
-//!   monitors (`osd pool ls detail`, matched by pool id): lazily, when a
-//!   write has waited [`STALL_CHECK`] (a full pool is one cause of a stalled
-//!   write; a down OSD is another), at most once per [`RECHECK`].
-//! * While the pool is known full, writes that may grow it are refused
-//!   before they are sent (`NoSpace`, nothing applied). The flag is read
-//!   again, at most once per [`RECHECK`], by the next such write, so writes
-//!   work again as soon as space returns.
-//! * Writes already waiting are cancelled (`rados_aio_cancel`) once they
-//!   have waited [`CANCEL_MIN_AGE`] and report `NoSpace`. Such a write was
-//!   either held by librados (never sent) or sent before the OSD had the
-//!   full map and dropped by it (an OSD drops ops of older maps once a pool
-//!   is marked full); only one the OSD applied whose reply was still
-//!   outstanding after that time would be reported failed although applied.
-//!   The engine reads a failed data op's grain keys back anyway (§6).
-//! * Ops that cannot grow the pool (removals, zeroing, truncation, omap and
-//!   xattr removal) are sent with `LIBRADOS_OPERATION_FULL_TRY`: librados
-//!   does not hold them, and the OSD applies them unless they would grow
-//!   the pool (then it answers `EDQUOT`/`ENOSPC`), so deleting frees space
-//!   on a full pool. (Writes that may grow the pool are not sent full-try:
-//!   the OSD lets every op that does not grow the pool's byte or object
-//!   count through, overwrites and omap updates included, so writes would
-//!   go on into a pool over its quota.)
+//! The OSD itself only refuses an op on a full pool if it grows the pool's
+//! byte or object count, and only if the op is sent `FULL_TRY` (it drops
+//! others); overwrites and omap updates (not counted) pass. So writes are
+//! split in two:
+//!
+//! * Data writes at an offset and omap updates (`held_when_full` in
+//!   `backend`) would go on past a quota if sent full-try, so the backend
+//!   keeps them out of a full pool itself:
+//!   - The C API does not expose the OSD map, so the flag is read from the
+//!     monitors (`osd pool ls detail`, matched by pool id): lazily, when
+//!     such a write has waited [`STALL_CHECK`] (a full pool is one cause of
+//!     a stalled write; a down OSD is another), at most once per
+//!     [`RECHECK`].
+//!   - While the pool is known full, they are refused before they are sent
+//!     (`NoSpace`, nothing applied). The flag is read again, at most once
+//!     per [`RECHECK`], by the next one, so writes work again as soon as
+//!     space returns.
+//!   - Those already waiting are cancelled (`rados_aio_cancel`) once they
+//!     have waited [`CANCEL_MIN_AGE`] and report `NoSpace`. Such a write
+//!     was either held by librados (never sent) or sent before the OSD had
+//!     the full map and dropped by it (an OSD drops ops of older maps once
+//!     a pool is marked full); only one the OSD applied whose reply was
+//!     still outstanding after that time would be reported failed although
+//!     applied. The engine reads a failed data op's grain keys back (§6).
+//! * Every other write (removal, zeroing, truncation, omap and xattr
+//!   removal, whole-object rewrites of headers and records, xattrs,
+//!   creation) is sent `LIBRADOS_OPERATION_FULL_TRY`: never held, and the
+//!   OSD decides exactly. It applies the op unless it grows the pool, and
+//!   otherwise answers `EDQUOT`/`ENOSPC` having applied nothing. Deleting
+//!   and removing snapshots (a smaller header) thus free space on a full
+//!   pool, while a snapshot create (new records, a larger header) fails
+//!   at once.
 //! * Locking and watches are writes to librados too, and synchronous (no
 //!   cancel): they go through a second ioctx of the same pool and namespace
 //!   with `rados_set_pool_full_try` (`RadosBackend::io_try`). On an
@@ -217,7 +226,7 @@ impl PoolSpace {
         )
     }
 
-    /// Refuses a write that may grow the pool if the pool is known full
+    /// Refuses a write the full pool holds back if the pool is known full
     /// (after reading the flag again if the last read is older than
     /// [`RECHECK`]). Free when the pool is not known full.
     pub(crate) async fn admit(&self, what: &str) -> Result<()> {

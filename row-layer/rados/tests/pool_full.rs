@@ -185,7 +185,10 @@ async fn full_pool_fails_writes_and_still_deletes() {
     let t0 = Instant::now();
     let new_obj = fresh.operate(
         "new",
-        WriteOp::new().action(Action::WriteFull(data(4096, 4))),
+        WriteOp::new().action(Action::Write {
+            offset: 0,
+            data: data(4096, 4),
+        }),
     );
     let guarded = fresh.operate(
         "meta",
@@ -232,6 +235,53 @@ async fn full_pool_fails_writes_and_still_deletes() {
     assert_eq!(kind(&r), Some(ErrorKind::NoSpace), "{r:?}");
     assert!(fresh.pool_full_stats().refused >= 1);
     assert!(!exists(&b, "new2").await);
+
+    // Whole-object rewrites: applied if not larger, refused (by the OSD,
+    // without waiting) if they grow the pool.
+    let t0 = Instant::now();
+    let r = fresh
+        .operate(
+            "rec",
+            WriteOp::new().action(Action::WriteFull(data(4096, 7))),
+        )
+        .await;
+    assert_eq!(kind(&r), Some(ErrorKind::NoSpace), "{r:?}");
+    assert!(!exists(&b, "rec").await);
+    let owner = || Guard::XattrEquals("owner".into(), Bytes::from_static(b"me"));
+    let r = fresh
+        .operate(
+            "meta",
+            WriteOp::new()
+                .guard(owner())
+                .action(Action::WriteFull(data(8192, 8))),
+        )
+        .await;
+    assert_eq!(kind(&r), Some(ErrorKind::NoSpace), "{r:?}");
+    fresh
+        .operate(
+            "meta",
+            WriteOp::new()
+                .guard(owner())
+                .action(Action::WriteFull(data(1024, 9))),
+        )
+        .await
+        .expect("a smaller rewrite on the full pool");
+    fresh
+        .operate(
+            "meta",
+            WriteOp::new().action(Action::SetXattr(
+                "owner2".into(),
+                Bytes::from_static(b"you"),
+            )),
+        )
+        .await
+        .expect("an xattr on the full pool");
+    let waited = t0.elapsed();
+    assert!(waited < BOUND, "rewrites waited {waited:?}");
+    assert_eq!(
+        &b.read("meta", 0, 4096).await.expect("read")[..],
+        &[9u8; 1024][..]
+    );
 
     // Reads, deletes, zeroing, truncation and omap removal go through.
     let got = b.read("keep", 0, 16).await.expect("read");
@@ -294,7 +344,12 @@ async fn full_pool_fails_writes_and_still_deletes() {
             BOUND,
             fresh.operate(
                 "new",
-                WriteOp::new().action(Action::WriteFull(data(4096, 6))),
+                WriteOp::new()
+                    .action(Action::Write {
+                        offset: 0,
+                        data: data(4096, 6),
+                    })
+                    .action(Action::OmapSet(vec![("g".into(), Bytes::new())])),
             ),
         )
         .await
