@@ -17,6 +17,7 @@
 # 3. The role, with the binaries of that package, run with -i localhost,
 #    -c local, supervised (no systemd here), all paths under a temporary
 #    root, on a pool it creates:
+#    - run 0, --check on the fresh host, creates nothing;
 #    - run 1 (--export-all) creates the pool (rbd pool init), the cephx
 #      user with exactly mon 'profile rbd' / osd 'profile rbd pool=P', the
 #      0600 keyring, and brings the gateway up as that user;
@@ -192,6 +193,13 @@ as_user() { # as_user USER KEYRING ARGS...: rbd-row as a restricted client
     shift 2
     "$debx/usr/bin/rbd-row" -c "$CEPH_CONF" --id "$u" --keyring "$k" --no-progress "$@"
 }
+
+step "run 0: --check on a fresh host changes nothing"
+play check0 -e rbd_row_export_all=true --check
+if ceph osd pool ls | grep -x "$pool" >/dev/null; then fail "--check created the pool"; fi
+if ceph auth get "client.$user" >/dev/null 2>&1; then fail "--check created client.$user"; fi
+left=$(find "$root" -mindepth 1 ! -path "$root/bin" 2>/dev/null | head)
+[ -z "$left" ] || fail "--check wrote files: $left"
 
 step "run 1: create the pool and the user, serve every image"
 play apply1 -e rbd_row_export_all=true
