@@ -39,9 +39,9 @@ set -euo pipefail
 cd "$(dirname "$0")/../.."
 : "${CEPH_CONF:?needs the test cluster: eval \"\$(tests/ceph/cluster.sh env)\"}"
 
-step() { echo "[addon] $*" >&2; }
 # (No `cmd | grep -q` below: grep -q stops reading at the first match and
 # the writer's EPIPE fails the pipeline under pipefail.)
+step() { echo "[addon] $*" >&2; }
 fail() { echo "[addon] FAILED: $*" >&2; exit 1; }
 
 need=()
