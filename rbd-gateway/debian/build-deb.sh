@@ -63,7 +63,9 @@ out=${OUT:-$target_dir/debian}
 mkdir -p "$out"
 log=$(mktemp)
 trap 'rm -f "$log" "$log.out"' EXIT
-if ! cargo deb -p rbd-gateway --no-build --profile "$profile" "${variant[@]}" --output "$out" >"$log.out" 2>"$log"; then
+# --strip: the release profile keeps debug info (debug = 1) for profiling,
+# which cargo-deb would otherwise package (83 MiB rbd-gateway).
+if ! cargo deb -p rbd-gateway --no-build --strip --profile "$profile" "${variant[@]}" --output "$out" >"$log.out" 2>"$log"; then
     cat "$log" "$log.out" >&2
     exit 1
 fi
