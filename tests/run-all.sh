@@ -16,7 +16,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 need=()
-for pkg in ceph-mon ceph-osd ceph-mgr ceph-common librados-dev librbd-dev qemu-utils libnbd-bin fio openssl; do
+for pkg in ceph-mon ceph-osd ceph-mgr ceph-common librados-dev librbd-dev qemu-utils libnbd-bin fio openssl fonts-dejavu-core; do
     dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "ok installed" || need+=("$pkg")
 done
 if ((${#need[@]})); then
@@ -66,6 +66,27 @@ cargo test --workspace --no-fail-fast -- --ignored --skip osd_failure_ 2>&1 | te
 # minutes.
 tests/addon/run.sh
 # <<< addon <<<<<<<<<<<<<<<<<<<<<<<<<<<<<<<<<<<<<<<<<<<<<<<<<<<<<<<<<<<<<<<<<<<
+# >>> bench report (issue 12; bench/src/bin/report, bench/RESULTS.md) >>>>>>>
+# The benchmark report in --quick mode on this 1-OSD cluster: it must run
+# every row and write its table and plots (speed is not judged here). The
+# test profile reuses what the test runs above built; the output goes to a
+# temporary directory, so the committed bench/RESULTS.md stays the recorded
+# run. About 6 minutes.
+report_out=$(mktemp -d /tmp/rbd-row-report.XXXXXX)
+RBD_ROW_BENCH_PROFILE=test cargo run --profile test -p rbd-row-bench --bin report -- \
+    --quick --out "$report_out" >"$report_out/stdout" 2>"$report_out/stderr" ||
+    { tail -n 60 "$report_out/stderr"; echo "bench report: failed" >&2; exit 1; }
+grep -q '^| measurement |' "$report_out/RESULTS.md" ||
+    { echo "bench report: no table in RESULTS.md" >&2; exit 1; }
+if grep -q '(the whole step)' "$report_out/RESULTS.md"; then
+    grep '(the whole step)' "$report_out/RESULTS.md"
+    echo "bench report: a step failed" >&2
+    exit 1
+fi
+ls "$report_out"/results/*.png >/dev/null
+echo "bench report: $(grep -m1 'Summary' "$report_out/RESULTS.md"); $(grep -m1 'Duration' "$report_out/RESULTS.md")"
+rm -rf "$report_out"
+# <<< bench report <<<<<<<<<<<<<<<<<<<<<<<<<<<<<<<<<<<<<<<<<<<<<<<<<<<<<<<<<<<<<
 
 # OSD failure tests: a second cluster with 3 OSDs; the first one is stopped
 # first (2 CPUs, memory).

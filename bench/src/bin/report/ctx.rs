@@ -57,11 +57,11 @@ impl Params {
                 keep: 5,
                 frag_snaps: 8,
                 frag_writes: 512,
-                diff_changed: 1000,
-                diff_sizes: vec![GIB, TIB],
-                rollback_sizes: vec![GIB, 64 * GIB],
+                diff_changed: 500,
+                diff_sizes: vec![GIB, 16 * GIB],
+                rollback_sizes: vec![GIB, 16 * GIB],
                 open_snaps: vec![1, 50],
-                native_open_snaps: 50,
+                native_open_snaps: 20,
                 rss_grains: 20_000,
                 load_snaps: 4,
                 reclaim_window: Duration::from_secs(8),
@@ -275,33 +275,36 @@ pub(crate) fn find_cabi(exe_dir: &Path, tmp: &Path) -> Result<PathBuf, String> {
 }
 
 /// Builds (or finds fresh) `rbd-row` and `rbd-gateway` in this binary's
-/// profile directory: with `cargo run`, `$CARGO` builds them first.
+/// profile directory: under `cargo run`, `$CARGO` builds them first, with
+/// the profile of `target/<dir>` (`release`, else `$RBD_ROW_BENCH_PROFILE`
+/// or `dev` for `target/debug`, which `--profile test` shares).
 pub(crate) fn find_bins(exe_dir: &Path) -> Result<Bins, String> {
     if let Ok(cargo) = std::env::var("CARGO") {
-        let profile = exe_dir
+        let dir = exe_dir
             .file_name()
             .and_then(|n| n.to_str())
-            .unwrap_or("release")
-            .to_owned();
-        let profile = if profile == "debug" {
-            "dev".into()
-        } else {
-            profile
+            .unwrap_or("release");
+        let profile = match dir {
+            "debug" => std::env::var("RBD_ROW_BENCH_PROFILE").unwrap_or_else(|_| "dev".into()),
+            other => other.to_owned(),
         };
         let st = std::process::Command::new(cargo)
             .args([
                 "build",
                 "--profile",
                 &profile,
-                // The same package set as `cargo run -p rbd-row-bench`, so
-                // features unify alike and nothing is rebuilt.
+                // The package set of `cargo run -p rbd-row-bench`, so that
+                // features unify alike and nothing is rebuilt for them.
                 "-p",
                 "rbd-row-bench",
                 "-p",
                 "rbd-row-cli",
                 "-p",
                 "rbd-gateway",
-                "--bins",
+                "--bin",
+                "rbd-row",
+                "--bin",
+                "rbd-gateway",
             ])
             .status()
             .map_err(|e| format!("running cargo build: {e}"))?;

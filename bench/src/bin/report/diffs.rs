@@ -195,11 +195,13 @@ async fn diff_rows(
     }
     ctx.report.rows.push(diff);
     let (nf, rf) = (ctx.tmp.path().join("n.diff"), ctx.tmp.path().join("r.diff"));
+    let (nfs, rfs) = (nf.display().to_string(), rf.display().to_string());
     let [nt, rt] = alternate_cmds(
         ctx,
-        (
-            "rbd".into(),
-            strs(&[
+        fresh_output(
+            &nfs,
+            "rbd",
+            &[
                 "-c",
                 &conf,
                 "export-diff",
@@ -207,12 +209,13 @@ async fn diff_rows(
                 "--from-snap",
                 "a",
                 &nb,
-                &nf.display().to_string(),
-            ]),
+                &nfs,
+            ],
         ),
-        (
-            rbd_row,
-            strs(&[
+        fresh_output(
+            &rfs,
+            &rbd_row,
+            &[
                 "-c",
                 &conf,
                 "--no-progress",
@@ -220,12 +223,11 @@ async fn diff_rows(
                 "--from-snap",
                 "a",
                 &rb,
-                &rf.display().to_string(),
-            ]),
+                &rfs,
+            ],
         ),
     )
-    .await
-    .or_else(|_| remove_and_retry(&nf, &rf))?;
+    .await?;
     let mb = |p: &std::path::Path| std::fs::metadata(p).map(|m| m.len() as f64 / 1e6).ok();
     let (nmb, rmb) = (mb(&nf), mb(&rf));
     let _ = (std::fs::remove_file(&nf), std::fs::remove_file(&rf));
@@ -261,9 +263,12 @@ async fn diff_rows(
     Ok(out)
 }
 
-fn remove_and_retry(a: &std::path::Path, b: &std::path::Path) -> anyhow::Result<[Cell; 2]> {
-    let _ = (std::fs::remove_file(a), std::fs::remove_file(b));
-    anyhow::bail!("export-diff failed (an existing output file?)")
+/// `prog args` through `sh`, which first removes `out` (export-diff
+/// refuses to overwrite its output; the shell costs both sides alike).
+fn fresh_output(out: &str, prog: &str, args: &[&str]) -> (String, Vec<String>) {
+    let mut v = strs(&["-c", "rm -f \"$0\" && exec \"$@\"", out, prog]);
+    v.extend(strs(args));
+    ("sh".into(), v)
 }
 
 async fn rollback_row(

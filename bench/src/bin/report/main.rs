@@ -51,6 +51,61 @@ struct Args {
     /// Repeats per measurement (default: quick 2, full 3).
     #[arg(long)]
     repeats: Option<usize>,
+    /// Seconds per fio measurement (default: quick 1, full 4).
+    #[arg(long)]
+    runtime_secs: Option<u64>,
+    /// Snapshots of row 4 (default: quick 8, full 256).
+    #[arg(long)]
+    frag_snaps: Option<u32>,
+    /// Image sizes in GiB of row 5 (default: quick 1,16; full 1,64,1024).
+    #[arg(long, value_delimiter = ',')]
+    diff_sizes: Option<Vec<u64>>,
+    /// Image sizes in GiB of the rollback rows (default: quick 1,16; full 1,64,1024).
+    #[arg(long, value_delimiter = ',')]
+    rollback_sizes: Option<Vec<u64>>,
+    /// Snapshot counts of the open-time rows (default: quick 1,50; full 1,100,1000,10000).
+    #[arg(long, value_delimiter = ',')]
+    open_snaps: Option<Vec<u32>>,
+    /// Snapshots of the native open-time row (default: quick 20, full 200).
+    #[arg(long)]
+    native_open_snaps: Option<u32>,
+    /// Grains written for the gateway memory rows (default: quick 20000, full 250000).
+    #[arg(long)]
+    rss_grains: Option<u64>,
+}
+
+/// Applies the command line's overrides to the mode's defaults.
+fn overrides(a: &Args, p: &mut Params) {
+    if let Some(s) = &a.steps {
+        p.steps = s.clone();
+    }
+    if let Some(r) = a.rounds {
+        p.rounds = r;
+    }
+    if let Some(r) = a.repeats {
+        p.repeats = r.max(1);
+    }
+    if let Some(r) = a.runtime_secs {
+        p.runtime = std::time::Duration::from_secs(r.max(1));
+    }
+    if let Some(f) = a.frag_snaps {
+        p.frag_snaps = f;
+    }
+    if let Some(d) = &a.diff_sizes {
+        p.diff_sizes = d.iter().map(|g| g << 30).collect();
+    }
+    if let Some(d) = &a.rollback_sizes {
+        p.rollback_sizes = d.iter().map(|g| g << 30).collect();
+    }
+    if let Some(o) = &a.open_snaps {
+        p.open_snaps = o.clone();
+    }
+    if let Some(n) = a.native_open_snaps {
+        p.native_open_snaps = n;
+    }
+    if let Some(n) = a.rss_grains {
+        p.rss_grains = n;
+    }
 }
 
 #[tokio::main]
@@ -59,15 +114,7 @@ async fn main() -> anyhow::Result<()> {
     let started = Instant::now();
     ctx::since_start();
     let mut p = Params::new(args.quick);
-    if let Some(s) = &args.steps {
-        p.steps = s.clone();
-    }
-    if let Some(r) = args.rounds {
-        p.rounds = r;
-    }
-    if let Some(r) = args.repeats {
-        p.repeats = r.max(1);
-    }
+    overrides(&args, &mut p);
     let mut ctx = setup(&args, p).await?;
     let wanted = |n: u8| args.rows.as_ref().is_none_or(|r| r.contains(&n));
     let plots = args.out.join("results");
@@ -78,6 +125,7 @@ async fn main() -> anyhow::Result<()> {
             failed(&mut ctx, ceiling::GROUP, &e);
         }
     }
+    write(&ctx, &args, started, false)?;
     if wanted(2) {
         crate::progress!("{}", scaling::GROUP);
         match scaling::run(&mut ctx).await {
@@ -106,6 +154,7 @@ async fn main() -> anyhow::Result<()> {
             Err(e) => failed(&mut ctx, scaling::GROUP, &e),
         }
     }
+    write(&ctx, &args, started, false)?;
     if wanted(3) {
         crate::progress!("{}", rolling::GROUP);
         match rolling::run(&mut ctx).await {
@@ -145,12 +194,14 @@ async fn main() -> anyhow::Result<()> {
             Err(e) => failed(&mut ctx, rolling::GROUP, &e),
         }
     }
+    write(&ctx, &args, started, false)?;
     if wanted(4) {
         crate::progress!("{}", frag::GROUP);
         if let Err(e) = frag::run(&mut ctx).await {
             failed(&mut ctx, frag::GROUP, &e);
         }
     }
+    write(&ctx, &args, started, false)?;
     if wanted(5) {
         crate::progress!("{}", diffs::GROUP);
         match diffs::run(&mut ctx).await {
@@ -166,6 +217,7 @@ async fn main() -> anyhow::Result<()> {
             Err(e) => failed(&mut ctx, diffs::GROUP, &e),
         }
     }
+    write(&ctx, &args, started, false)?;
     if wanted(6) {
         crate::progress!("{}", meta::GROUP);
         if let Err(e) = meta::run(&mut ctx).await {
@@ -277,6 +329,21 @@ fn plot_log(
             .sections
             .push((format!("Plot {file} not drawn"), format!("{e:#}"))),
     }
+}
+
+/// Writes RESULTS.md as it stands (after each step, so an interrupted run
+/// leaves the rows it finished, marked as partial).
+fn write(ctx: &Ctx, args: &Args, started: Instant, done: bool) -> anyhow::Result<()> {
+    let mut r = ctx.report.clone();
+    if !done {
+        r.about.push((
+            "Partial".into(),
+            format!("the run was still going after {:.0} s; the rows below are the steps finished by then", started.elapsed().as_secs_f64()),
+        ));
+    }
+    let path = args.out.join("RESULTS.md");
+    std::fs::write(&path, r.markdown("rbd-row benchmark results"))
+        .with_context(|| format!("writing {}", path.display()))
 }
 
 fn finish(mut ctx: Ctx, args: &Args, started: Instant) -> anyhow::Result<()> {
