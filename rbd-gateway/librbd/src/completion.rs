@@ -8,9 +8,11 @@
 //! Finishing: the return value is set, the callback runs (it may read the
 //! value and release the completion), the completion counts as complete
 //! for `rbd_aio_is_complete`/`rbd_aio_wait_for_complete`, and then it is
-//! queued for `rbd_poll_io_events` if the image has a notification fd (so
-//! a poller never sees a completion that is not complete yet; librbd
-//! queues it just before marking it complete). Callbacks run on a
+//! queued for `rbd_poll_io_events` if the image had a notification fd when
+//! it began finishing (so a poller never sees a completion that is not
+//! complete yet, and never one the caller released after waiting for it
+//! and only then set the fd; librbd queues it just before marking it
+//! complete). Callbacks run on a
 //! library thread (a runtime worker for ROW images, the system librbd's
 //! thread for native ones), never inside the submitting call; as with
 //! librbd they must not block.
@@ -73,6 +75,11 @@ impl Completion {
 
     /// Finishes with `ret` (see the module docs for the order).
     pub(crate) fn finish(this: Arc<Completion>, ret: isize, events: Option<&Events>) {
+        // Whether to queue it is decided now, while the caller still
+        // waits: once it counts as complete the caller may release it and
+        // set a notification fd, and a completion queued after that is a
+        // freed pointer handed out by rbd_poll_io_events.
+        let sink = events.and_then(|ev| Some((ev, ev.sink()?)));
         this.lock().ret = ret;
         if let Some(cb) = this.cb {
             // SAFETY: the caller's callback with the caller's argument, as
@@ -81,8 +88,8 @@ impl Completion {
         }
         this.lock().complete = true;
         this.cv.notify_all();
-        if let Some(ev) = events {
-            ev.completed(&this);
+        if let Some((ev, sink)) = sink {
+            ev.completed(&this, sink);
         }
     }
 }
@@ -176,5 +183,51 @@ pub unsafe extern "C" fn rbd_aio_release(c: *mut c_void) {
     if !c.is_null() {
         // SAFETY: the caller's own reference, given up here once.
         drop(unsafe { Arc::from_raw(c as *const Completion) });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::fd::AsRawFd;
+
+    /// A caller that waits for a completion, releases it and only then
+    /// sets the image's notification fd (abi_check's aio_flush followed by
+    /// its polling section) must never be handed that completion by
+    /// `rbd_poll_io_events`: the pointer is freed, and the library
+    /// thread's late queueing made abi_check read and release it again.
+    #[test]
+    fn completion_released_before_notification_is_never_polled() {
+        let rounds = 2000;
+        let mut late = 0;
+        for _ in 0..rounds {
+            let (rd, wr) = std::os::unix::net::UnixStream::pair().expect("socketpair");
+            rd.set_nonblocking(true).expect("nonblocking");
+            let events = Arc::new(Events::default());
+            let comp = Completion::new(std::ptr::null_mut(), None);
+            // SAFETY: the caller's pointer, as rbd_aio_create_completion gives.
+            let user = Arc::into_raw(comp) as *mut c_void;
+            // SAFETY: live, not released.
+            let op = unsafe { Completion::from_user(user) }.expect("completion");
+            let ev = events.clone();
+            let worker = std::thread::spawn(move || Completion::finish(op, 0, Some(&ev)));
+            // SAFETY: the caller's completion, released once after waiting.
+            unsafe {
+                rbd_aio_wait_for_complete(user);
+                rbd_aio_release(user);
+            }
+            assert_eq!(
+                events.set(wr.as_raw_fd(), crate::events::EVENT_TYPE_PIPE),
+                0
+            );
+            worker.join().expect("worker");
+            let mut out = [std::ptr::null_mut(); 4];
+            // SAFETY: room for 4 pointers.
+            late += unsafe { events.poll(out.as_mut_ptr(), 4) };
+        }
+        assert_eq!(
+            late, 0,
+            "{late} of {rounds} released completions were polled"
+        );
     }
 }

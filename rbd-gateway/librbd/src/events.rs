@@ -17,6 +17,13 @@ pub const EVENT_TYPE_PIPE: c_int = 1;
 /// librbd's `EVENT_TYPE_EVENTFD`.
 pub const EVENT_TYPE_EVENTFD: c_int = 2;
 
+/// A notification descriptor and its type (`EVENT_TYPE_*`).
+#[derive(Clone, Copy)]
+pub(crate) struct Sink {
+    fd: c_int,
+    kind: c_int,
+}
+
 /// The notification state of one open image.
 #[derive(Default)]
 pub struct Events {
@@ -34,21 +41,34 @@ impl Events {
         0
     }
 
-    /// Queues a finished completion and signals the descriptor, if set.
-    pub(crate) fn completed(&self, c: &Arc<Completion>) {
-        let Some((fd, kind)) = *self.sink.lock().unwrap_or_else(|p| p.into_inner()) else {
-            return;
-        };
+    /// Where the image's completions are signalled now, if anywhere.
+    /// [`Completion::finish`] takes this before its completion counts as
+    /// complete: a caller that waits for a completion, releases it and
+    /// then sets the descriptor must not have it queued afterwards (the
+    /// poller would get a freed pointer).
+    pub(crate) fn sink(&self) -> Option<Sink> {
+        self.sink
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .map(|(fd, kind)| Sink { fd, kind })
+    }
+
+    /// Queues a finished completion and signals `sink` (from [`Self::sink`]).
+    pub(crate) fn completed(&self, c: &Arc<Completion>, sink: Sink) {
         // Signal under the queue's lock: a poller sees the completion only
         // after its signal was written, so a caller that closes the fd once
         // it has polled everything never gets a late write into a reused fd.
         let mut q = self.done.lock().unwrap_or_else(|p| p.into_inner());
         q.push_back(c.clone());
         let one = 1u64.to_ne_bytes();
-        let len = if kind == EVENT_TYPE_EVENTFD { 8 } else { 1 };
+        let len = if sink.kind == EVENT_TYPE_EVENTFD {
+            8
+        } else {
+            1
+        };
         // SAFETY: writing len bytes of a local buffer to the caller's fd.
         // A failure (full pipe) loses only a wake-up; the queue keeps it.
-        let _ = unsafe { libc::write(fd, one.as_ptr().cast(), len) };
+        let _ = unsafe { libc::write(sink.fd, one.as_ptr().cast(), len) };
         drop(q);
     }
 
