@@ -128,6 +128,7 @@ impl Image {
         let through_parent = Chain {
             links,
             sources: scratch.sources,
+            positions: Default::default(),
         };
         let root = self
             .state()

@@ -17,6 +17,7 @@ use crate::ids::{Epoch, ImageId, ObjectNo, SnapId};
 use crate::layout::{self, Geometry};
 use crate::lineage::{Chain, Link, Loc, FIRST_SOURCE};
 use crate::range_lock::RangeLock;
+use crate::read_plan;
 use crate::records::{EpochDelta, HeaderRecord};
 use bytes::{Bytes, BytesMut};
 use futures::future::{join_all, try_join_all};
@@ -364,38 +365,45 @@ impl Image {
             let g1 = (poff + plen).div_ceil(gs);
             let (locs, sources) = self.locs(o, g0, g1);
             let obj_start = o.0 * self.inner.geo.object_size;
-            let mut i = 0usize;
-            while i < locs.len() {
-                let loc = locs[i];
-                let mut j = i + 1;
-                while j < locs.len() && locs[j] == loc {
-                    j += 1;
-                }
-                if loc >= FIRST_SOURCE {
-                    let a = ((g0 + i as u64) * gs).max(poff);
-                    let b = ((g0 + j as u64) * gs).min(poff + plen);
-                    let (img, ep) = &sources[(loc - FIRST_SOURCE) as usize];
-                    let name = layout::data_object(img, o, *ep);
-                    let backend = self.inner.backend.clone();
-                    reads.push(async move {
-                        match backend.read(&name, a - obj_start, b - a).await {
-                            Ok(bytes) => Ok((a - offset, Some(bytes))),
-                            Err(e) if e.kind() == ErrorKind::NotFound => Ok((a - offset, None)),
-                            Err(e) => Err(e.context(format!("reading {name}"))),
-                        }
-                    });
-                }
-                i = j;
+            let clip = |i: usize| ((g0 + i as u64) * gs).clamp(poff, poff + plen);
+            for span in read_plan::plan(&locs, read_plan::max_gap(gs)) {
+                let (a, b) = (clip(span.first), clip(span.end));
+                // (where in `buf`, where in the span's bytes, how many)
+                let copies: Vec<(usize, usize, usize)> = span
+                    .runs
+                    .iter()
+                    .map(|&(i, j)| {
+                        let (ra, rb) = (clip(i), clip(j));
+                        (
+                            (ra - offset) as usize,
+                            (ra - a) as usize,
+                            (rb - ra) as usize,
+                        )
+                    })
+                    .collect();
+                let (img, ep) = &sources[(span.loc - FIRST_SOURCE) as usize];
+                let name = layout::data_object(img, o, *ep);
+                let backend = self.inner.backend.clone();
+                reads.push(async move {
+                    match backend.read(&name, a - obj_start, b - a).await {
+                        Ok(bytes) => Ok((copies, Some(bytes))),
+                        Err(e) if e.kind() == ErrorKind::NotFound => Ok((copies, None)),
+                        Err(e) => Err(e.context(format!("reading {name}"))),
+                    }
+                });
             }
         }
         let mut missing = false;
-        for (at, bytes) in try_join_all(reads).await? {
+        for (copies, bytes) in try_join_all(reads).await? {
             let Some(bytes) = bytes else {
                 missing = true;
                 continue;
             };
-            let at = at as usize;
-            buf[at..at + bytes.len()].copy_from_slice(&bytes);
+            // A short read (the object ends early) leaves zeros.
+            for (at, from, n) in copies {
+                let n = n.min(bytes.len().saturating_sub(from));
+                buf[at..at + n].copy_from_slice(&bytes[from..from + n]);
+            }
         }
         Ok((buf.freeze(), missing))
     }

@@ -29,6 +29,7 @@ mod merge;
 pub(crate) mod lineage;
 pub mod owner;
 pub(crate) mod range_lock;
+pub(crate) mod read_plan;
 pub mod reclaim;
 pub mod records;
 mod refresh;

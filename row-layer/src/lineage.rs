@@ -11,6 +11,7 @@
 use crate::ids::{Epoch, ImageId, ObjectNo};
 use crate::layout::Geometry;
 use crate::records::EpochDelta;
+use std::collections::HashMap;
 use std::sync::Arc;
 
 /// Resolution of one grain: [`UNALLOCATED`], [`ZERO`], or `source + FIRST_SOURCE`.
@@ -41,20 +42,26 @@ pub(crate) struct Chain {
     /// Shared, so the read path takes it with a reference count instead of
     /// copying a table that grows with the image's history.
     pub(crate) sources: Arc<Vec<(ImageId, Epoch)>>,
+    /// Where each entry of `sources` is, so that building a chain of `n`
+    /// links costs O(n), not O(n²) (10,000 snapshots). Rebuilt whenever it
+    /// does not cover `sources` (a chain made from another's table).
+    pub(crate) positions: HashMap<(ImageId, Epoch), u32>,
 }
 
 impl Chain {
     /// Index of a source, adding it if new.
     pub(crate) fn source_index(&mut self, image: &ImageId, epoch: Epoch) -> u32 {
-        if let Some(i) = self
-            .sources
-            .iter()
-            .position(|(im, e)| im == image && *e == epoch)
-        {
-            return i as u32;
+        if self.positions.len() != self.sources.len() {
+            self.positions = (self.sources.iter().cloned()).zip(0u32..).collect();
         }
-        Arc::make_mut(&mut self.sources).push((image.clone(), epoch));
-        (self.sources.len() - 1) as u32
+        let key = (image.clone(), epoch);
+        if let Some(&i) = self.positions.get(&key) {
+            return i;
+        }
+        let i = self.sources.len() as u32;
+        Arc::make_mut(&mut self.sources).push(key.clone());
+        self.positions.insert(key, i);
+        i
     }
 
     /// Resolves every grain of object `o`.

@@ -65,6 +65,7 @@ impl Image {
             let mut scratch = Chain {
                 links: Vec::new(),
                 sources: sources.clone(),
+                positions: Default::default(),
             };
             let links = parent_links(
                 &*self.inner.backend,
@@ -83,6 +84,7 @@ impl Image {
             let chain = Chain {
                 links: Vec::new(),
                 sources: Arc::clone(&scratch.sources),
+                positions: Default::default(),
             };
             let head = st.header.head;
             st.chain = build_chain(&st.header, &st.deltas, head_delta, head, &links, chain)?;

@@ -89,15 +89,28 @@ async fn read_cost_is_independent_of_snapshot_count() {
     })
     .await;
     assert_eq!(after, before_snaps, "read cost changed with 500 snapshots");
-    // A range whose grains come from two epochs costs one read per run.
+    // A range whose grains come from two epochs costs one read per source
+    // when its runs lie at most 128 KiB apart (read_plan.rs).
     img.write(8192, pattern(9, 4096)).await.expect("write");
     let split = counted(&fault, async {
         img.read(0, 16384).await.expect("read");
     })
     .await;
     assert_eq!(
-        split.reads, 3,
-        "runs: [0,8K) old, [8K,12K) new, [12K,16K) old"
+        split.reads, 2,
+        "runs [0,8K) and [12K,16K) old share one read, [8K,12K) new"
+    );
+    // Farther apart, each old run costs its own read.
+    img.write(16384, pattern(10, 256 << 10))
+        .await
+        .expect("write");
+    let far = counted(&fault, async {
+        img.read(0, 512 << 10).await.expect("read");
+    })
+    .await;
+    assert_eq!(
+        far.reads, 3,
+        "old [0,8K)+[12K,16K), new [8K,12K)+[16K,272K), old [272K,512K): the old runs are 256 KiB apart"
     );
 }
 

@@ -122,72 +122,89 @@ pub(crate) fn apply(objects: &mut Objects, oid: &str, op: &WriteOp) -> Result<()
         return Ok(());
     }
     let version = existing.map_or(0, |o| o.version) + 1;
-    let mut obj = existing.cloned();
-    for a in &op.actions {
-        if let Action::Remove = a {
-            if obj.is_none() && op.actions.len() == 1 && !op.guards.is_empty() {
-                return Err(Error::not_found(format!("object {oid} does not exist")));
-            }
-            obj = None;
-            continue;
-        }
-        let o = obj.get_or_insert_with(MemObject::default);
-        match a {
-            Action::Create | Action::Remove => {}
-            Action::Write { offset, data } => {
-                let off =
-                    usize::try_from(*offset).map_err(|_| Error::invalid("offset too large"))?;
-                let end = off + data.len();
-                if o.data.len() < end {
-                    o.data.resize(end, 0);
-                }
-                o.data[off..end].copy_from_slice(data);
-            }
-            Action::WriteFull(data) => o.data = data.to_vec(),
-            Action::Zero { offset, len } => {
-                let off =
-                    usize::try_from(*offset).map_err(|_| Error::invalid("offset too large"))?;
-                let len = usize::try_from(*len).map_err(|_| Error::invalid("length too large"))?;
-                if off >= o.data.len() {
-                } else if off + len >= o.data.len() {
-                    o.data.truncate(off);
-                } else {
-                    o.data[off..off + len].fill(0);
-                }
-            }
-            Action::Truncate(size) => {
-                let size = usize::try_from(*size).map_err(|_| Error::invalid("size too large"))?;
-                o.data.resize(size, 0);
-            }
-            Action::OmapSet(kvs) => {
-                for (k, v) in kvs {
-                    o.omap.insert(k.clone(), v.clone());
-                }
-            }
-            Action::OmapRemove(keys) => {
-                for k in keys {
-                    o.omap.remove(k);
-                }
-            }
-            Action::OmapClear => o.omap.clear(),
-            Action::SetXattr(k, v) => {
-                o.xattrs.insert(k.clone(), v.clone());
-            }
-            Action::RemoveXattr(k) => {
-                o.xattrs.remove(k);
-            }
-        }
+    if existing.is_none() && !op.guards.is_empty() && matches!(op.actions[..], [Action::Remove]) {
+        return Err(Error::not_found(format!("object {oid} does not exist")));
     }
-    match obj {
-        Some(mut o) => {
-            o.version = version;
-            objects.insert(oid.to_string(), o);
-        }
-        None => {
-            objects.remove(oid);
+    validate(op)?;
+    // In place: every check is done, so nothing below can fail half way,
+    // and an op costs its own size rather than the object's.
+    let mut obj = objects.remove(oid);
+    for a in &op.actions {
+        apply_action(&mut obj, a);
+    }
+    if let Some(mut o) = obj {
+        o.version = version;
+        objects.insert(oid.to_string(), o);
+    }
+    Ok(())
+}
+
+/// Rejects offsets and lengths the object could not hold.
+fn validate(op: &WriteOp) -> Result<()> {
+    let span = |offset: u64, len: u64| {
+        offset
+            .checked_add(len)
+            .and_then(|end| usize::try_from(end).ok())
+            .map(|_| ())
+            .ok_or_else(|| Error::invalid("offset too large"))
+    };
+    for a in &op.actions {
+        match a {
+            Action::Write { offset, data } => span(*offset, data.len() as u64)?,
+            Action::Zero { offset, len } => span(*offset, *len)?,
+            Action::Truncate(size) => span(*size, 0)?,
+            _ => {}
         }
     }
     Ok(())
+}
+
+/// Applies one validated action.
+fn apply_action(obj: &mut Option<MemObject>, a: &Action) {
+    if let Action::Remove = a {
+        *obj = None;
+        return;
+    }
+    let o = obj.get_or_insert_with(MemObject::default);
+    match a {
+        Action::Create | Action::Remove => {}
+        Action::Write { offset, data } => {
+            let off = *offset as usize;
+            let end = off + data.len();
+            if o.data.len() < end {
+                o.data.resize(end, 0);
+            }
+            o.data[off..end].copy_from_slice(data);
+        }
+        Action::WriteFull(data) => o.data = data.to_vec(),
+        Action::Zero { offset, len } => {
+            let (off, len) = (*offset as usize, *len as usize);
+            if off >= o.data.len() {
+            } else if off + len >= o.data.len() {
+                o.data.truncate(off);
+            } else {
+                o.data[off..off + len].fill(0);
+            }
+        }
+        Action::Truncate(size) => o.data.resize(*size as usize, 0),
+        Action::OmapSet(kvs) => {
+            for (k, v) in kvs {
+                o.omap.insert(k.clone(), v.clone());
+            }
+        }
+        Action::OmapRemove(keys) => {
+            for k in keys {
+                o.omap.remove(k);
+            }
+        }
+        Action::OmapClear => o.omap.clear(),
+        Action::SetXattr(k, v) => {
+            o.xattrs.insert(k.clone(), v.clone());
+        }
+        Action::RemoveXattr(k) => {
+            o.xattrs.remove(k);
+        }
+    }
 }
 
 fn missing(oid: &str) -> Error {
