@@ -246,6 +246,7 @@ async fn setup(args: &Args, p: Params) -> anyhow::Result<Ctx> {
         ("Cluster".into(), "tests/ceph/cluster.sh: one bluestore OSD on a sparse file, pool size 1, on the same machine as the clients".into()),
         ("Native RBD".into(), "fio's rbd engine (system librbd 16.2) with `rbd cache = false`; snapshot reads with `rbd bench`".into()),
         ("rbd-row".into(), "fio's nbd engine against an in-process rbd-gateway; the C ABI with fio's rbd engine and LD_LIBRARY_PATH on target/<profile>".into()),
+        ("RADOS ceiling".into(), "measured once, in step 1, and not alternated with the later steps that show a ratio to it; under a changing machine load that ratio can exceed 1".into()),
         ("C ABI library".into(), match &cabi { Ok(d) => format!("found ({})", d.display()), Err(e) => e.clone() }),
     ];
     Ok(Ctx {
