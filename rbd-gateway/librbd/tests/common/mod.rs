@@ -8,13 +8,13 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{SystemTime, UNIX_EPOCH};
 
-/// The built `librbd.so` (cargo builds the cdylib with the test's lib).
+/// The built `librbd.so`: the cdylib cargo built with this test's lib, in
+/// `target/<profile>/deps`. Not the copy in `target/<profile>`: cargo
+/// copies it there only for `cargo build`, never for `cargo test`, so that
+/// one is whatever the last build made, not the code under test.
 pub fn built_so() -> PathBuf {
     let exe = std::env::current_exe().expect("test executable path");
-    let dir = exe
-        .parent()
-        .and_then(Path::parent)
-        .expect("target/<profile>/deps");
+    let dir = exe.parent().expect("target/<profile>/deps");
     let so = dir.join("librbd.so");
     assert!(so.exists(), "{} is not built", so.display());
     so
