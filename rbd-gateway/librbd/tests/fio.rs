@@ -25,6 +25,9 @@ fn fio(lib: &Path, image: &str) -> String {
                 "--verify=crc32c",
                 "--do_verify=1",
                 "--verify_fatal=1",
+                // No verify-state file in the working directory (the crate's
+                // source tree).
+                "--verify_state_save=0",
             ])
             .env("CEPH_CONF", common::ceph_conf())
             .env("LD_LIBRARY_PATH", lib),
