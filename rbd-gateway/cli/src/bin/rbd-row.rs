@@ -5,6 +5,7 @@ use rbd_row_cli::{run, Cli};
 use std::io::Write;
 
 fn main() -> anyhow::Result<()> {
+    restore_sigpipe();
     let cli = match Cli::try_parse() {
         Ok(c) => c,
         Err(e) => {
@@ -26,4 +27,15 @@ fn main() -> anyhow::Result<()> {
         std::process::exit(e.exit_code());
     }
     Ok(())
+}
+
+/// Rust starts with SIGPIPE ignored, so a write to a reader that went away
+/// (`rbd-row ls | head -1`) fails with EPIPE and would be reported as an
+/// error. Like `rbd` and other command-line tools, end quietly instead.
+fn restore_sigpipe() {
+    // SAFETY: called first thing in main, before any thread exists;
+    // SIG_DFL is a valid action for SIGPIPE.
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+    }
 }
