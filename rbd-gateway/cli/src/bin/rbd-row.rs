@@ -5,17 +5,16 @@ use rbd_row_cli::{run, Cli};
 use std::io::Write;
 
 fn main() -> anyhow::Result<()> {
-    restore_sigpipe();
     let cli = match Cli::try_parse() {
         Ok(c) => c,
         Err(e) => {
             let code = if e.use_stderr() { 22 } else { 0 };
-            e.print()?;
+            quiet_on_broken_pipe(e.print())?;
             std::process::exit(code);
         }
     };
     let stdout = std::io::stdout();
-    let mut out = std::io::BufWriter::new(stdout.lock());
+    let mut out = std::io::BufWriter::new(QuietPipe(stdout.lock()));
     let r = run(cli, &mut out);
     out.flush()?;
     drop(out);
@@ -29,13 +28,26 @@ fn main() -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Rust starts with SIGPIPE ignored, so a write to a reader that went away
-/// (`rbd-row ls | head -1`) fails with EPIPE and would be reported as an
-/// error. Like `rbd` and other command-line tools, end quietly instead.
-fn restore_sigpipe() {
-    // SAFETY: called first thing in main, before any thread exists;
-    // SIG_DFL is a valid action for SIGPIPE.
-    unsafe {
-        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+/// Standard output that ends the process quietly when its reader goes away
+/// (`rbd-row ls | head -1`). SIGPIPE stays ignored, as Rust sets it: the
+/// local store's Unix sockets must see EPIPE as an error, not kill us.
+struct QuietPipe<W: Write>(W);
+
+fn quiet_on_broken_pipe<T>(r: std::io::Result<T>) -> std::io::Result<T> {
+    if let Err(e) = &r {
+        if e.kind() == std::io::ErrorKind::BrokenPipe {
+            std::process::exit(0);
+        }
+    }
+    r
+}
+
+impl<W: Write> Write for QuietPipe<W> {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        quiet_on_broken_pipe(self.0.write(buf))
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        quiet_on_broken_pipe(self.0.flush())
     }
 }
