@@ -17,9 +17,10 @@
 mod common;
 
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
-use std::time::{Duration, Instant};
+use std::process::{Command, Output};
+use std::time::Duration;
 
+use common::gateway_proc::GatewayProc;
 use common::{nbd_map, MIB};
 
 const SIZE: u64 = 64 * MIB;
@@ -35,11 +36,6 @@ fn cli_bin() -> PathBuf {
         p.display()
     );
     p
-}
-
-fn free_port() -> u16 {
-    let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
-    l.local_addr().expect("addr").port()
 }
 
 fn show(cmd: &str, out: &Output) -> String {
@@ -95,88 +91,22 @@ fn qemu_io(url: &str, cmd: &str) {
     );
 }
 
-/// A running `rbd-gateway` child; killed (not gracefully) if dropped.
-struct GatewayProc {
-    child: Child,
-    port: u16,
-    stderr_file: PathBuf,
+/// `rbd-gateway <store_args> <args>`.
+fn start_gateway(store_args: &[String], args: &[&str], log_dir: &Path) -> GatewayProc {
+    let mut all: Vec<&str> = store_args.iter().map(String::as_str).collect();
+    all.extend_from_slice(args);
+    GatewayProc::spawn(&all, log_dir)
 }
 
-impl GatewayProc {
-    fn start(store_args: &[String], export: &str, log_dir: &Path) -> Self {
-        Self::start_with(store_args, &["--export", export], log_dir)
-    }
-
-    fn start_with(store_args: &[String], args: &[&str], log_dir: &Path) -> Self {
-        let port = free_port();
-        let stderr_file = log_dir.join(format!("gateway-{port}.log"));
-        let err = std::fs::File::create(&stderr_file).expect("gateway log");
-        let child = Command::new(env!("CARGO_BIN_EXE_rbd-gateway"))
-            .args(store_args)
-            .args(args)
-            .args(["--listen", &format!("127.0.0.1:{port}")])
-            .env_remove("RBD_ROW_STORE")
-            .env("RUST_LOG", "info")
-            .stdout(Stdio::null())
-            .stderr(err)
-            .spawn()
-            .expect("spawn rbd-gateway");
-        let mut gw = GatewayProc {
-            child,
-            port,
-            stderr_file,
-        };
-        let deadline = Instant::now() + Duration::from_secs(60);
-        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-            if let Some(s) = gw.child.try_wait().expect("wait") {
-                panic!("rbd-gateway exited early ({s}):\n{}", gw.log());
-            }
-            assert!(
-                Instant::now() < deadline,
-                "rbd-gateway did not start listening:\n{}",
-                gw.log()
-            );
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        gw
-    }
-
-    fn url(&self, export: &str) -> String {
-        format!("nbd://127.0.0.1:{}/{export}", self.port)
-    }
-
-    fn log(&self) -> String {
-        std::fs::read_to_string(&self.stderr_file).unwrap_or_default()
-    }
-
-    /// SIGTERM; asserts a clean exit (0) that closed the image.
-    fn terminate(mut self) {
-        tool_ok("kill", &["-TERM", &self.child.id().to_string()]);
-        let deadline = Instant::now() + Duration::from_secs(30);
-        let status = loop {
-            if let Some(s) = self.child.try_wait().expect("wait") {
-                break s;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "rbd-gateway did not exit on SIGTERM:\n{}",
-                self.log()
-            );
-            std::thread::sleep(Duration::from_millis(50));
-        };
-        let log = self.log();
-        assert!(status.success(), "exit status {status}:\n{log}");
-        assert!(log.contains("image closed"), "{log}");
-    }
-}
-
-impl Drop for GatewayProc {
-    fn drop(&mut self) {
-        if let Ok(None) = self.child.try_wait() {
-            let _ = self.child.kill();
-            let _ = self.child.wait();
-        }
-    }
+/// SIGTERM; asserts a clean exit (0) that closed the image.
+fn stop_cleanly(mut gw: GatewayProc) {
+    let status = gw.terminate_within(Duration::from_secs(30));
+    let log = gw.log();
+    assert!(
+        status.is_some_and(|s| s.success()),
+        "exit status {status:?}:\n{log}"
+    );
+    assert!(log.contains("image closed"), "{log}");
 }
 
 /// The image contents expected at s1: 0x11 over [0, 1M), zeros elsewhere.
@@ -261,7 +191,7 @@ fn local_store_gateway_and_cli() {
     // Created by the CLI (pool rbd: DIR/rbd), served by the gateway.
     row_ok(&store_args, &["create", "img", "--size", "64M"]);
     assert!(store.join("rbd").is_dir(), "pool rbd is not DIR/rbd");
-    let gw = GatewayProc::start(&store_args, "img", dir.path());
+    let gw = start_gateway(&store_args, &["--export", "img"], dir.path());
     let url = gw.url("img");
 
     core_flow(&store_args, "img", &gw, dir.path());
@@ -323,7 +253,7 @@ fn local_store_gateway_and_cli() {
     );
     assert!(std::fs::read(&export).expect("read") == s1_contents());
 
-    gw.terminate();
+    stop_cleanly(gw);
     // The image was released: the CLI opens the head itself now. It equals
     // s1 (rolled back) and differs from s2 by the second write.
     assert_eq!(snap_names(&store_args, "img"), vec!["s1", "s2"]);
@@ -371,7 +301,7 @@ fn exports_resolve_pools_and_namespaces_like_the_cli() {
             .expect("size")
     };
 
-    let gw = GatewayProc::start_with(&store_args, &["--export-all"], dir.path());
+    let gw = start_gateway(&store_args, &["--export-all"], dir.path());
     for (export, mib) in [
         ("img", 1),
         ("rbd/img", 1),
@@ -400,7 +330,7 @@ fn exports_resolve_pools_and_namespaces_like_the_cli() {
     names.sort();
     assert_eq!(names, vec!["img", "solo"]);
     assert!(nbdinfo_fails(&["--size", &gw.url("nosuchpool/img")]));
-    gw.terminate();
+    stop_cleanly(gw);
     let f = dir.path().join("ns1.raw");
     row_ok(
         &store_args,
@@ -410,7 +340,7 @@ fn exports_resolve_pools_and_namespaces_like_the_cli() {
     assert!(got[..65536].iter().all(|b| *b == 0x33) && got[65536..].iter().all(|b| *b == 0));
 
     // --pool: unqualified exports live in that pool.
-    let gw = GatewayProc::start_with(
+    let gw = start_gateway(
         &store_args,
         &["--pool", "other", "--export", "img", "--export", "rbd/img"],
         dir.path(),
@@ -419,7 +349,7 @@ fn exports_resolve_pools_and_namespaces_like_the_cli() {
     assert_eq!(size(&gw.url("rbd/img")), MIB);
     // Not exported: other/ns1/img.
     assert!(nbdinfo_fails(&["--size", &gw.url("other/ns1/img")]));
-    gw.terminate();
+    stop_cleanly(gw);
 }
 
 /// Whether `nbdinfo ARGS` fails (the export is refused).
@@ -454,7 +384,7 @@ fn rados_gateway_and_cli() {
     let store_args = vec!["-c".to_owned(), conf];
     let dir = tempfile::tempdir().expect("tempdir");
     row_ok(&store_args, &["create", &image, "--size", "64M"]);
-    let gw = GatewayProc::start(&store_args, &image, dir.path());
+    let gw = start_gateway(&store_args, &["--export", &image], dir.path());
 
     core_flow(&store_args, &image, &gw, dir.path());
     rollback_refused(&store_args, &format!("{image}@s1"));
@@ -512,7 +442,7 @@ fn rados_gateway_and_cli() {
         "fio reported errors:\n{fio_out}"
     );
 
-    gw.terminate();
+    stop_cleanly(gw);
     // Clean up the image (best effort).
     let _ = row(&store_args, &["snap", "purge", &image]);
     let _ = row(&store_args, &["rm", &image]);

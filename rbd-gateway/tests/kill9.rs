@@ -27,11 +27,12 @@
 mod common;
 
 use common::ceph_cli::*;
+use common::gateway_proc::GatewayProc;
 
 use std::collections::{BTreeMap, HashMap};
 use std::io::{Read, Write};
 use std::net::TcpStream;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -76,97 +77,6 @@ impl Rng {
     }
     fn below(&mut self, n: u64) -> u64 {
         self.next() % n
-    }
-}
-
-struct GatewayProc {
-    child: Child,
-    port: u16,
-    log_file: PathBuf,
-}
-
-impl GatewayProc {
-    fn start(conf: &str, image: &str, dir: &Path, n: usize) -> Self {
-        let port = {
-            let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
-            l.local_addr().expect("addr").port()
-        };
-        let log_file = dir.join(format!("gateway-{n}.log"));
-        let err = std::fs::File::create(&log_file).expect("gateway log");
-        let child = Command::new(env!("CARGO_BIN_EXE_rbd-gateway"))
-            .args(["-c", conf, "--export", image])
-            .args(["--listen", &format!("127.0.0.1:{port}")])
-            .env_remove("RBD_ROW_STORE")
-            .env(
-                "RUST_LOG",
-                std::env::var("ROW_KILL9_RUST_LOG").unwrap_or_else(|_| "info".to_owned()),
-            )
-            .stdout(Stdio::null())
-            .stderr(err)
-            .spawn()
-            .expect("spawn rbd-gateway");
-        let mut gw = GatewayProc {
-            child,
-            port,
-            log_file,
-        };
-        // Opening the image (before listening) fences the dead owner (5 s
-        // owner timeout) and finishes its interrupted work.
-        let deadline = Instant::now() + Duration::from_secs(120);
-        while TcpStream::connect(("127.0.0.1", port)).is_err() {
-            if let Some(s) = gw.child.try_wait().expect("wait") {
-                panic!("rbd-gateway exited early ({s}):\n{}", gw.log());
-            }
-            assert!(
-                Instant::now() < deadline,
-                "rbd-gateway did not listen:\n{}",
-                gw.log()
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        gw
-    }
-
-    fn addr(&self) -> std::net::SocketAddr {
-        ([127, 0, 0, 1], self.port).into()
-    }
-
-    fn url(&self, export: &str) -> String {
-        format!("nbd://127.0.0.1:{}/{export}", self.port)
-    }
-
-    fn log(&self) -> String {
-        std::fs::read_to_string(&self.log_file).unwrap_or_default()
-    }
-
-    /// SIGKILL, and reap.
-    fn kill9(mut self) {
-        self.child.kill().expect("kill -9 rbd-gateway");
-        let _ = self.child.wait();
-    }
-
-    /// SIGTERM; asserts a clean exit.
-    fn terminate(mut self) {
-        let pid = self.child.id().to_string();
-        assert!(Command::new("kill")
-            .args(["-TERM", &pid])
-            .status()
-            .expect("kill")
-            .success());
-        assert!(
-            wait_or_kill(&mut self.child, Duration::from_secs(60)),
-            "rbd-gateway did not exit cleanly on SIGTERM:\n{}",
-            self.log()
-        );
-    }
-}
-
-impl Drop for GatewayProc {
-    fn drop(&mut self) {
-        if let Ok(None) = self.child.try_wait() {
-            let _ = self.child.kill();
-            let _ = self.child.wait();
-        }
     }
 }
 
@@ -552,7 +462,7 @@ fn kill9_gateway_during_writes_snapshots_and_reclaim() {
     let mut snaps: BTreeMap<String, SnapState> = BTreeMap::new();
     let mut snap_no = 0usize;
     let mut tally = Tally::default();
-    let mut gw = GatewayProc::start(&conf, &image, dir.path(), 0);
+    let mut gw = GatewayProc::on_ceph(&conf, &image, dir.path());
     let mut nbd = Nbd::connect(gw.addr(), &image);
 
     for round in 0..rounds {
@@ -719,7 +629,7 @@ fn kill9_gateway_during_writes_snapshots_and_reclaim() {
 
         // Take over: a new gateway, whose first client opens the image.
         let t0 = Instant::now();
-        gw = GatewayProc::start(&conf, &image, dir.path(), round + 1);
+        gw = GatewayProc::on_ceph(&conf, &image, dir.path());
         nbd = Nbd::connect(gw.addr(), &image);
         let takeover = t0.elapsed();
         tally.takeover_max = tally.takeover_max.max(takeover);
@@ -764,7 +674,12 @@ fn kill9_gateway_during_writes_snapshots_and_reclaim() {
     // finds nothing wrong (leaked objects of interrupted reclaims were
     // finished by the reclaimer at open or on the control task).
     nbd.disconnect();
-    gw.terminate();
+    let status = gw.terminate_within(Duration::from_secs(60));
+    assert!(
+        status.is_some_and(|s| s.success()),
+        "rbd-gateway did not exit cleanly on SIGTERM ({status:?}):\n{}",
+        gw.log()
+    );
     let out = row(&conf, &["check", &image]);
     assert!(out.status.success(), "{}", show("rbd-row check", &out));
     eprintln!("kill9: {tally:?}; {:?} in all", started.elapsed());

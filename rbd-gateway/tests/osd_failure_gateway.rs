@@ -14,8 +14,10 @@
 
 mod common;
 
+use common::gateway_proc::GatewayProc;
+
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
+use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
 fn cli_bin() -> PathBuf {
@@ -104,63 +106,6 @@ fn cluster_sh(dir: &Path, args: &[&str]) {
     );
 }
 
-struct GatewayProc {
-    child: Child,
-    port: u16,
-    log_file: PathBuf,
-}
-
-impl GatewayProc {
-    fn start(conf: &str, image: &str, dir: &Path) -> Self {
-        let port = {
-            let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
-            l.local_addr().expect("addr").port()
-        };
-        let log_file = dir.join("gateway.log");
-        let err = std::fs::File::create(&log_file).expect("gateway log");
-        let child = Command::new(env!("CARGO_BIN_EXE_rbd-gateway"))
-            .args(["-c", conf, "--export", image])
-            .args(["--listen", &format!("127.0.0.1:{port}")])
-            .env_remove("RBD_ROW_STORE")
-            .env("RUST_LOG", "info")
-            .stdout(Stdio::null())
-            .stderr(err)
-            .spawn()
-            .expect("spawn rbd-gateway");
-        let mut gw = GatewayProc {
-            child,
-            port,
-            log_file,
-        };
-        let deadline = Instant::now() + Duration::from_secs(60);
-        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-            if let Some(s) = gw.child.try_wait().expect("wait") {
-                panic!("rbd-gateway exited early ({s}):\n{}", gw.log());
-            }
-            assert!(
-                Instant::now() < deadline,
-                "rbd-gateway did not listen:\n{}",
-                gw.log()
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        gw
-    }
-
-    fn log(&self) -> String {
-        std::fs::read_to_string(&self.log_file).unwrap_or_default()
-    }
-}
-
-impl Drop for GatewayProc {
-    fn drop(&mut self) {
-        if let Ok(None) = self.child.try_wait() {
-            let _ = self.child.kill();
-            let _ = self.child.wait();
-        }
-    }
-}
-
 /// Starts the OSD again however the test ends.
 struct OsdGuard<'a> {
     dir: &'a Path,
@@ -192,7 +137,7 @@ fn osd_failure_gateway_fio_verify_survives_one_osd_down() {
     let image = format!("rbd/osdgw{}x{nanos:x}/img", std::process::id());
     let dir = tempfile::tempdir().expect("tempdir");
     row_ok(&conf, &["create", &image, "--size", "64M"]);
-    let gw = GatewayProc::start(&conf, &image, dir.path());
+    let gw = GatewayProc::on_ceph(&conf, &image, dir.path());
     let url = format!("nbd://127.0.0.1:{}/{image}", gw.port);
 
     let started = Instant::now();

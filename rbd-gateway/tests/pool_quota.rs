@@ -28,8 +28,8 @@
 mod common;
 
 use common::ceph_cli::*;
+use common::gateway_proc::GatewayProc;
 
-use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
@@ -98,82 +98,6 @@ fn wait_bounded(child: &mut Child, limit: Duration) -> Option<std::process::Exit
             return None;
         }
         std::thread::sleep(Duration::from_millis(50));
-    }
-}
-
-struct GatewayProc {
-    child: Child,
-    port: u16,
-    log_file: PathBuf,
-}
-
-impl GatewayProc {
-    fn start(conf: &str, image: &str, dir: &Path) -> Self {
-        let port = {
-            let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
-            l.local_addr().expect("addr").port()
-        };
-        let log_file = dir.join("gateway.log");
-        let err = std::fs::File::create(&log_file).expect("gateway log");
-        let child = Command::new(env!("CARGO_BIN_EXE_rbd-gateway"))
-            .args(["-c", conf, "--export", image])
-            .args(["--listen", &format!("127.0.0.1:{port}")])
-            .env_remove("RBD_ROW_STORE")
-            .env("RUST_LOG", "info")
-            .stdout(Stdio::null())
-            .stderr(err)
-            .spawn()
-            .expect("spawn rbd-gateway");
-        let mut gw = GatewayProc {
-            child,
-            port,
-            log_file,
-        };
-        let deadline = Instant::now() + Duration::from_secs(60);
-        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-            if let Some(s) = gw.child.try_wait().expect("wait") {
-                panic!("rbd-gateway exited early ({s}):\n{}", gw.log());
-            }
-            assert!(
-                Instant::now() < deadline,
-                "rbd-gateway did not listen:\n{}",
-                gw.log()
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        gw
-    }
-
-    fn url(&self, export: &str) -> String {
-        format!("nbd://127.0.0.1:{}/{export}", self.port)
-    }
-
-    fn log(&self) -> String {
-        std::fs::read_to_string(&self.log_file).unwrap_or_default()
-    }
-
-    fn assert_alive(&mut self, when: &str) {
-        if let Some(s) = self.child.try_wait().expect("wait") {
-            panic!("rbd-gateway died {when} ({s}):\n{}", self.log());
-        }
-    }
-
-    fn terminate(mut self) -> bool {
-        let pid = self.child.id().to_string();
-        let _ = Command::new("kill").args(["-TERM", &pid]).status();
-        matches!(
-            wait_bounded(&mut self.child, Duration::from_secs(60)),
-            Some(s) if s.success()
-        )
-    }
-}
-
-impl Drop for GatewayProc {
-    fn drop(&mut self) {
-        if let Ok(None) = self.child.try_wait() {
-            let _ = self.child.kill();
-            let _ = self.child.wait();
-        }
     }
 }
 
@@ -281,7 +205,7 @@ fn pool_quota_reached_mid_write_gives_clean_errors_and_recovers() {
     row_ok(&conf, &bench_spare);
     row_ok(&conf, &["snap", "create", &format!("{spare}@old")]);
     row_ok(&conf, &bench_spare);
-    let mut gw = GatewayProc::start(&conf, &image, dir.path());
+    let mut gw = GatewayProc::on_ceph(&conf, &image, dir.path());
     let url = gw.url(&image);
 
     // Before the quota: 8 MiB of 0x11, flushed (qemu-io flushes on exit),
@@ -501,7 +425,11 @@ fn pool_quota_reached_mid_write_gives_clean_errors_and_recovers() {
         ],
     );
     gw.assert_alive("after the quota was lifted");
-    assert!(gw.terminate(), "rbd-gateway did not exit cleanly");
+    assert!(
+        gw.terminate_within(Duration::from_secs(60))
+            .is_some_and(|s| s.success()),
+        "rbd-gateway did not exit cleanly"
+    );
     let out = row(&conf, &["check", &image]);
     assert!(out.status.success(), "{}", show("rbd-row check", &out));
     eprintln!(

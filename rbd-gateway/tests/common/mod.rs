@@ -6,6 +6,7 @@
 #![allow(dead_code, unreachable_pub)]
 
 pub mod ceph_cli;
+pub mod gateway_proc;
 
 use std::net::SocketAddr;
 use std::path::Path;
