@@ -225,11 +225,27 @@ impl Image {
             }
             i = j;
         }
+        self.write_into_sealed(o, r, actions, keys, "flatten")
+            .await?;
+        Ok(copied)
+    }
+
+    /// One op on sealed epoch `e`'s object `o`: `actions` plus the grain
+    /// `keys` they make true (nothing when there are no actions). Used by
+    /// flatten and merge, which write grains no view reads there yet.
+    pub(crate) async fn write_into_sealed(
+        &self,
+        o: ObjectNo,
+        e: Epoch,
+        mut actions: Vec<Action>,
+        keys: Vec<(String, Bytes)>,
+        why: &str,
+    ) -> Result<()> {
         if actions.is_empty() {
-            return Ok(copied);
+            return Ok(());
         }
         actions.push(Action::OmapSet(keys));
-        let oid = layout::data_object(&self.inner.id, o, r);
+        let oid = layout::data_object(&self.inner.id, o, e);
         self.inner
             .backend
             .operate(
@@ -240,8 +256,7 @@ impl Image {
                 },
             )
             .await
-            .map_err(|e| e.context(format!("writing {oid} for flatten")))?;
-        Ok(copied)
+            .map_err(|err| err.context(format!("writing {oid} for {why}")))
     }
 
     /// Replaces sealed epoch `e`'s delta in memory (every chain link to it).

@@ -193,23 +193,7 @@ impl Image {
             });
             keys.extend((g0..g1).map(|g| grain_kv(g - first, GRAIN_ZERO)));
         }
-        if actions.is_empty() {
-            return Ok(());
-        }
-        actions.push(Action::OmapSet(keys));
-        let oid = layout::data_object(&self.inner.id, o, p);
-        self.inner
-            .backend
-            .operate(
-                &oid,
-                WriteOp {
-                    guards: vec![],
-                    actions,
-                },
-            )
-            .await
-            .map_err(|err| err.context(format!("writing {oid} in a merge")))?;
-        Ok(())
+        self.write_into_sealed(o, p, actions, keys, "a merge").await
     }
 }
 
