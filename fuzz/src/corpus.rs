@@ -5,6 +5,7 @@
 use crate::nbd;
 use crate::records::{sample_deltas, sample_headers, sample_payloads, Kind};
 use rbd_streams::{DiffFormat, DiffWriter, ImageExportWriter, ImageHeader};
+use row_layer::header_format::HEADER_ENTRY;
 use row_layer::records::{EPOCH, HEADER};
 
 /// One seed: target, file name, contents.
@@ -77,7 +78,11 @@ pub fn seeds() -> Vec<Seed> {
 
     // records: complete encoded records.
     for (i, h) in sample_headers().iter().enumerate() {
-        out.push(("records", format!("header_{i}.bin"), h.encode().expect("h")));
+        let (payload, entries) = crate::records::encode_header(h);
+        out.push(("records", format!("header_{i}.bin"), payload));
+        for (j, (_, v)) in entries.into_iter().enumerate() {
+            out.push(("records", format!("header_{i}_entry_{j}.bin"), v.to_vec()));
+        }
     }
     for (i, (id, e, p, d)) in sample_deltas().iter().enumerate() {
         let b = d.encode(id, *e, *p).expect("e");
@@ -86,7 +91,11 @@ pub fn seeds() -> Vec<Seed> {
 
     // records_envelope: kind, version selector, payload.
     for (i, (kind, payload)) in sample_payloads().into_iter().enumerate() {
-        let sel = if kind == Kind::Header { 0 } else { 1 };
+        let sel = match kind {
+            Kind::Header => 0,
+            Kind::Epoch => 1,
+            Kind::Entry => 2,
+        };
         let mut b = vec![sel, 0];
         b.extend_from_slice(&payload);
         out.push(("records_envelope", format!("sample_{i}.bin"), b.clone()));
@@ -231,6 +240,7 @@ pub fn seeds() -> Vec<Seed> {
             assert!(
                 row_layer::envelope::open(HEADER, b).is_ok()
                     || row_layer::envelope::open(EPOCH, b).is_ok()
+                    || row_layer::envelope::open(HEADER_ENTRY, b).is_ok()
             );
         }
     }

@@ -1,8 +1,11 @@
 //! Record decoders past the crc: valid envelopes around fuzzed payloads,
 //! real encoded records to mutate, and what every decode must satisfy.
 
+use bytes::Bytes;
 use roaring::RoaringTreemap;
+use row_layer::backend::Action;
 use row_layer::envelope::RecordType;
+use row_layer::header_format::{self, HeaderEntry, StoredHeader, HEADER_ENTRY};
 use row_layer::records::{
     BookmarkRecord, EpochDelta, EpochMeta, EpochState, HeaderRecord, ParentLink, SnapRecord,
     Timestamp, EPOCH, HEADER,
@@ -24,6 +27,8 @@ pub enum Kind {
     Header,
     /// `RREP`, [`EpochDelta`].
     Epoch,
+    /// `RRHE`, one [`HeaderEntry`] of a format-2 header.
+    Entry,
 }
 
 impl Kind {
@@ -32,13 +37,31 @@ impl Kind {
         match self {
             Kind::Header => HEADER,
             Kind::Epoch => EPOCH,
+            Kind::Entry => HEADER_ENTRY,
         }
     }
     /// The other record type (same layout, different magic).
     pub fn other(self) -> Kind {
         match self {
             Kind::Header => Kind::Epoch,
-            Kind::Epoch => Kind::Header,
+            Kind::Epoch => Kind::Entry,
+            Kind::Entry => Kind::Header,
+        }
+    }
+    /// The kind a selector byte picks.
+    pub fn from_selector(sel: u8) -> Kind {
+        match sel % 3 {
+            0 => Kind::Header,
+            1 => Kind::Epoch,
+            _ => Kind::Entry,
+        }
+    }
+    /// Whether `bytes` decode as a record of this kind at all.
+    pub fn decodes(self, bytes: &[u8]) -> bool {
+        match self {
+            Kind::Header => StoredHeader::decode(bytes).is_ok(),
+            Kind::Epoch => EpochDelta::decode(bytes, &ImageId("x".into()), Epoch(1)).is_ok(),
+            Kind::Entry => row_layer::envelope::decode::<HeaderEntry>(HEADER_ENTRY, bytes).is_ok(),
         }
     }
 }
@@ -134,6 +157,7 @@ pub fn sample_headers() -> Vec<HeaderRecord> {
         bookmarks: vec![],
         parent: None,
         removing: false,
+        commit_seq: 0,
     };
 
     let clone = HeaderRecord {
@@ -167,6 +191,7 @@ pub fn sample_headers() -> Vec<HeaderRecord> {
             overlap: 1 << 30,
         }),
         removing: false,
+        commit_seq: 0,
     };
 
     // Epochs 1..=9 sealed in a chain with a branch at 5 (rollback to the
@@ -219,6 +244,7 @@ pub fn sample_headers() -> Vec<HeaderRecord> {
         ],
         parent: None,
         removing: true,
+        commit_seq: 0,
     };
     vec![fresh, clone, many]
 }
@@ -275,12 +301,41 @@ pub fn sample_deltas() -> Vec<(ImageId, Epoch, Option<Epoch>, EpochDelta)> {
     out
 }
 
+/// A header as a new image stores it (format 2): the payload and the
+/// entries, sorted by key.
+pub fn encode_header(h: &HeaderRecord) -> (Vec<u8>, Vec<(String, Bytes)>) {
+    let mut h = h.clone();
+    let (mut payload, mut entries) = (Vec::new(), Vec::new());
+    for a in header_format::commit_actions(&mut h, None).expect("sample header encodes") {
+        match a {
+            Action::WriteFull(b) => payload = b.to_vec(),
+            Action::OmapSet(kv) => entries.extend(kv),
+            _ => {}
+        }
+    }
+    entries.sort_by(|a, b| a.0.cmp(&b.0));
+    (payload, entries)
+}
+
+/// The stored entries of the sample header with id `id` (none if no sample
+/// has it), so that fuzzed payloads of samples are assembled for real.
+fn sample_entries(id: &ImageId) -> Vec<(String, Bytes)> {
+    sample_headers()
+        .iter()
+        .find(|h| &h.id == id)
+        .map(|h| encode_header(h).1)
+        .unwrap_or_default()
+}
+
 /// Encoded payloads of every sample (header samples first).
 pub fn sample_payloads() -> Vec<(Kind, Vec<u8>)> {
     let mut out = Vec::new();
     for h in sample_headers() {
-        let bytes = h.encode().expect("sample header encodes");
+        let (bytes, entries) = encode_header(&h);
         out.push((Kind::Header, payload_of(HEADER, &bytes)));
+        for (_, v) in entries {
+            out.push((Kind::Entry, payload_of(HEADER_ENTRY, &v)));
+        }
     }
     for (id, e, p, d) in sample_deltas() {
         let bytes = d.encode(&id, e, p).expect("sample epoch encodes");
@@ -303,23 +358,65 @@ fn assert_decode_error(e: &row_layer::Error, what: &str) {
     );
 }
 
-/// Decodes `bytes` as a header; whatever decodes must re-encode and decode
-/// to the same value, and re-encoding is a function of the value.
+/// `h` without what storage does not keep: the commit number, and the
+/// order of snapshots (by id) and bookmarks (by creation).
+fn normalized(mut h: HeaderRecord) -> HeaderRecord {
+    h.commit_seq = 0;
+    h.snapshots.sort_by_key(|s| s.id);
+    h.bookmarks
+        .sort_by(|a, b| (a.created, &a.name).cmp(&(b.created, &b.name)));
+    h
+}
+
+/// Decodes `bytes` as a header payload (format 1 whole; format 2 assembled
+/// with the entries of the sample it came from, if any). Whatever decodes
+/// must store and decode to the same value, and storing is a function of
+/// the value.
 pub fn check_header(bytes: &[u8]) -> Option<HeaderRecord> {
-    match HeaderRecord::decode(bytes) {
+    let decoded = StoredHeader::decode(bytes).and_then(|s| match s {
+        StoredHeader::Whole(h) => Ok(h),
+        StoredHeader::Split(core) => {
+            let entries = sample_entries(core.id());
+            core.assemble(&entries)
+        }
+    });
+    match decoded {
         Ok(h) => {
-            let again = h.encode().expect("a decoded header re-encodes");
-            let back = HeaderRecord::decode(&again).expect("a re-encoded header decodes");
-            assert_eq!(back, h, "header round trip");
+            let back = header_format::round_trip(&h).expect("a decoded header stores again");
             assert_eq!(
-                back.encode().expect("encode"),
-                again,
+                normalized(back.clone()),
+                normalized(h.clone()),
+                "header round trip"
+            );
+            assert_eq!(
+                encode_header(&back),
+                encode_header(&h),
                 "header encoding is canonical"
             );
             Some(h)
         }
         Err(e) => {
             assert_decode_error(&e, "header");
+            None
+        }
+    }
+}
+
+/// Decodes `bytes` as a header entry: it must decode under its own key
+/// only, and re-encode to a record that decodes to the same entry.
+pub fn check_entry(bytes: &[u8]) -> Option<HeaderEntry> {
+    match row_layer::envelope::decode::<HeaderEntry>(HEADER_ENTRY, bytes) {
+        Ok(entry) => {
+            let key = entry.key();
+            assert_eq!(HeaderEntry::decode(&key, bytes).expect("own key"), entry);
+            let e = HeaderEntry::decode(&format!("{key}x"), bytes).expect_err("other key");
+            assert_decode_error(&e, "entry key");
+            let again = entry.encode().expect("re-encode");
+            assert_eq!(HeaderEntry::decode(&key, &again).expect("re-decode"), entry);
+            Some(entry)
+        }
+        Err(e) => {
+            assert_decode_error(&e, "entry");
             None
         }
     }
@@ -385,6 +482,7 @@ pub fn check(kind: Kind, bytes: &[u8]) -> bool {
     match kind {
         Kind::Header => check_header(bytes).is_some(),
         Kind::Epoch => check_epoch(bytes).is_some(),
+        Kind::Entry => check_entry(bytes).is_some(),
     }
 }
 
@@ -396,8 +494,9 @@ pub fn check_version_refused(kind: Kind, version: u16, payload: &[u8]) {
     assert!(version < rt.oldest_readable || version > rt.current_version);
     let bytes = envelope(rt, version, payload);
     let err = match kind {
-        Kind::Header => HeaderRecord::decode(&bytes).map(|_| ()),
+        Kind::Header => StoredHeader::decode(&bytes).map(|_| ()),
         Kind::Epoch => EpochDelta::decode(&bytes, &ImageId("x".into()), Epoch(1)).map(|_| ()),
+        Kind::Entry => row_layer::envelope::decode::<HeaderEntry>(HEADER_ENTRY, &bytes).map(|_| ()),
     }
     .expect_err("a record version outside the readable range is refused");
     if REQUIRE_UNSUPPORTED_KIND && version > rt.current_version {

@@ -17,8 +17,7 @@ impl Image {
         let st = self.state();
         let h = &st.header;
         let geo = self.geometry();
-        let encoded = h.encode()?;
-        crate::records::HeaderRecord::decode(&encoded)?;
+        crate::header_format::round_trip(h)?;
         let head_path = path(h, h.head);
         for s in &h.snapshots {
             if h.epochs.get(&s.epoch).map(|m| m.state) != Some(EpochState::Sealed) {

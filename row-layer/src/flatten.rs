@@ -280,7 +280,7 @@ impl Image {
         self.inner.backend.flush().await?;
         let mut header = self.header();
         header.parent = None;
-        self.commit_header(&header, vec![]).await?;
+        self.commit_header(&mut header, vec![]).await?;
         {
             let mut st = self.state();
             st.parent_links.clear();

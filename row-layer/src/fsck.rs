@@ -315,7 +315,7 @@ async fn header_state(b: &dyn Backend, id: &ImageId) -> Result<HeaderState> {
     if let Some(v) = newer_version(&bytes) {
         return Ok(HeaderState::Unsupported(v));
     }
-    match HeaderRecord::decode(&bytes) {
+    match crate::store::read_header(b, id).await {
         Ok(h) if h.id == *id => Ok(HeaderState::Ok(Box::new(h))),
         Ok(h) => Ok(HeaderState::Corrupt(format!(
             "header of {id} carries id {}",

@@ -4,6 +4,7 @@
 use crate::backend::ext::{BackendExt, NotFoundExt};
 use crate::backend::{Action, Guard, WriteOp};
 use crate::error::{Error, Result};
+use crate::header_format;
 use crate::ids::{ImageId, SnapId};
 use crate::layout::{self, Geometry};
 use crate::records::{EpochState, ParentLink};
@@ -33,14 +34,9 @@ impl Store {
             }
             let mut marked = h.clone();
             marked.removing = true;
-            backend
-                .operate(
-                    &hdr,
-                    WriteOp::new()
-                        .guard(Guard::Exists)
-                        .write_full(Bytes::from(marked.encode()?)),
-                )
-                .await?;
+            let mut op = WriteOp::new().guard(Guard::Exists);
+            op.actions = header_format::commit_actions(&mut marked, Some(h))?;
+            backend.operate(&hdr, op).await?;
             let data = backend.list(&layout::data_prefix(&id)).await?;
             stream::iter(data)
                 .map(|oid| {
@@ -216,7 +212,12 @@ pub async fn verify_records(store: &Store, name: &str) -> Result<usize> {
     let mut n = 0;
     for (e, m) in &h.epochs {
         if m.state == EpochState::Sealed {
-            read_epoch(&**store.backend(), &id, *e).await?;
+            read_epoch(&**store.backend(), &id, *e)
+                .await
+                .map_err(|err| match err.kind() {
+                    crate::error::ErrorKind::NotFound => Error::corrupt(err.message()),
+                    _ => err,
+                })?;
             n += 1;
         }
     }

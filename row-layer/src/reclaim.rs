@@ -85,7 +85,7 @@ impl Image {
             header.epochs.remove(e);
             header.garbage.push(*e);
         }
-        self.commit_header(&header, vec![]).await?;
+        self.commit_header(&mut header, vec![]).await?;
         self.state().header = header;
         Ok(())
     }
@@ -110,7 +110,7 @@ impl Image {
             let mut objects = RoaringTreemap::new();
             match read_epoch(&*backend, &id, g).await {
                 Ok(d) => objects |= &d.touched,
-                Err(e) if e.kind() == ErrorKind::Corrupt => {
+                Err(e) if matches!(e.kind(), ErrorKind::NotFound | ErrorKind::Corrupt) => {
                     // Never sealed (a discarded head): the touch keys name its objects.
                 }
                 Err(e) => return Err(e),
@@ -139,7 +139,7 @@ impl Image {
                 .await?;
             let mut header = self.header();
             header.garbage.retain(|e| *e != g);
-            self.commit_header(&header, vec![Action::OmapRemove(keys)])
+            self.commit_header(&mut header, vec![Action::OmapRemove(keys)])
                 .await?;
             self.state().header = header;
         }
@@ -362,7 +362,7 @@ impl Image {
                 }
             }
         }
-        self.commit_header(&header, vec![]).await?;
+        self.commit_header(&mut header, vec![]).await?;
         {
             let mut st = self.state();
             st.deltas.remove(&e);

@@ -1,11 +1,16 @@
 //! The persistent records of an image: header and sealed epochs.
 //!
-//! Both are postcard inside the versioned envelope (`envelope.rs`). The header
-//! is rewritten whole (one atomic `write_full`) at every metadata transition:
-//! that write is the commit point of snapshot create/remove/rollback, resize
-//! and clone. Epoch records are written before the header that makes them
-//! sealed, and never change afterwards except when the reclaimer drops
-//! superseded grains of hidden epochs.
+//! Both are postcard inside the versioned envelope (`envelope.rs`). The
+//! header is stored in two parts on one object: the payload holds the fixed
+//! fields (format 2), and every epoch, snapshot and bookmark is one omap entry
+//! of its own (`header_entries.rs`). A commit is one atomic op on that object
+//! that rewrites the small payload and sets or removes only the entries that
+//! changed, so a snapshot operation writes O(1) bytes however many snapshots
+//! the image has (format 1 kept them all in the payload and rewrote it whole).
+//! That op is the commit point of snapshot create/remove/rollback, resize and
+//! clone. Epoch records are written before the header that makes them sealed,
+//! and never change afterwards except when the reclaimer drops superseded
+//! grains of hidden epochs.
 
 use crate::envelope::{self, RecordType};
 use crate::error::{Error, Result};
@@ -14,10 +19,11 @@ use roaring::RoaringTreemap;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 
-/// Header record type.
+/// Header record type. Version 1 held everything in the payload; version 2
+/// holds the fixed fields, and the entries live in the header's omap.
 pub const HEADER: RecordType = RecordType {
     magic: *b"RRHD",
-    current_version: 1,
+    current_version: 2,
     oldest_readable: 1,
 };
 /// Epoch record type.
@@ -113,8 +119,9 @@ pub struct EpochMeta {
     pub state: EpochState,
 }
 
-/// The image header.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+/// The image header, as a handle holds it in memory (both formats decode to
+/// it).
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct HeaderRecord {
     /// Stable id.
     pub id: ImageId,
@@ -148,16 +155,17 @@ pub struct HeaderRecord {
     pub parent: Option<ParentLink>,
     /// Set while `remove` is deleting the image.
     pub removing: bool,
+    /// Commits of this header so far: each commit writes the next number,
+    /// so a reader that sees the same number before and after listing the
+    /// entries saw one commit's state. 0 means the stored header is format
+    /// 1 (no entries in the omap yet): the next commit writes them all.
+    pub commit_seq: u64,
 }
 
 impl HeaderRecord {
-    /// Encodes as an enveloped record.
-    pub fn encode(&self) -> Result<Vec<u8>> {
-        envelope::encode(HEADER, self)
-    }
-    /// Decodes and sanity-checks an enveloped record.
-    pub fn decode(bytes: &[u8]) -> Result<Self> {
-        let h: HeaderRecord = envelope::decode(HEADER, bytes)?;
+    /// Checks the invariants of an assembled header.
+    pub(crate) fn validate(self) -> Result<Self> {
+        let h = self;
         crate::layout::Geometry::new(h.object_size, h.grain_size)
             .map_err(|e| Error::corrupt(format!("header of {}: {}", h.id, e.message())))?;
         match h.epochs.get(&h.head) {
@@ -168,6 +176,23 @@ impl HeaderRecord {
                     h.id, h.head
                 )))
             }
+        }
+        let mut ids = std::collections::HashSet::new();
+        let mut names = std::collections::HashSet::new();
+        for s in &h.snapshots {
+            if !ids.insert(s.id) || !names.insert(s.name.as_str()) {
+                return Err(Error::corrupt(format!(
+                    "header of {}: snapshot id {} or name {} appears twice",
+                    h.id, s.id.0, s.name
+                )));
+            }
+        }
+        let mut marks = std::collections::HashSet::new();
+        if let Some(b) = h.bookmarks.iter().find(|b| !marks.insert(b.name.as_str())) {
+            return Err(Error::corrupt(format!(
+                "header of {}: bookmark {} appears twice",
+                h.id, b.name
+            )));
         }
         for s in &h.snapshots {
             if !h.epochs.contains_key(&s.epoch) {

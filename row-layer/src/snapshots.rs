@@ -12,6 +12,7 @@
 use crate::backend::ext::{BackendExt, NotFoundExt};
 use crate::backend::{Action, Guard, WriteOp};
 use crate::error::{Error, ErrorKind, Result};
+use crate::header_format;
 use crate::ids::{Epoch, SnapId};
 use crate::image::{Image, OWNER_XATTR};
 use crate::layout;
@@ -58,13 +59,15 @@ impl Image {
     /// header object, atomically). Poisons the handle on failure.
     pub(crate) async fn commit_header(
         &self,
-        header: &HeaderRecord,
+        header: &mut HeaderRecord,
         extra: Vec<Action>,
     ) -> Result<()> {
         let cookie = self.inner.cookie.clone().unwrap_or_default();
-        let mut op = WriteOp::new()
-            .guard(Guard::XattrEquals(OWNER_XATTR.into(), Bytes::from(cookie)))
-            .write_full(Bytes::from(header.encode()?));
+        let mut op =
+            WriteOp::new().guard(Guard::XattrEquals(OWNER_XATTR.into(), Bytes::from(cookie)));
+        // The handle's header is the committed one: commits run under the
+        // gate, and memory follows each commit before anything else runs.
+        op.actions = header_format::commit_actions(header, Some(&self.state().header))?;
         op.actions.extend(extra);
         self.inner
             .backend
@@ -214,7 +217,7 @@ impl Image {
         };
         header.next_snap += 1;
         header.snapshots.push(snap.clone());
-        self.commit_header(&header, vec![Action::OmapRemove(touch_keys)])
+        self.commit_header(&mut header, vec![Action::OmapRemove(touch_keys)])
             .await?;
         self.install_new_head(header, Some((old_head, delta)), EpochDelta::default(), true)
             .map_err(|e| self.poison(e))?;
@@ -252,7 +255,7 @@ impl Image {
         }
         let mut header = self.header();
         header.snapshots.retain(|s| s.id != snap.id);
-        self.commit_header(&header, vec![]).await?;
+        self.commit_header(&mut header, vec![]).await?;
         self.state().header = header;
         self.flush_committed().await?;
         self.want_reclaim();
@@ -281,7 +284,7 @@ impl Image {
             .find(|s| s.name == from)
             .ok_or_else(|| Error::not_found(format!("snapshot {from} does not exist")))?;
         s.name = to.to_string();
-        self.commit_header(&header, vec![]).await?;
+        self.commit_header(&mut header, vec![]).await?;
         self.state().header = header;
         self.flush_committed().await
     }
@@ -319,7 +322,7 @@ impl Image {
                 s.protected = protected;
             }
         }
-        self.commit_header(&header, vec![]).await?;
+        self.commit_header(&mut header, vec![]).await?;
         self.state().header = header;
         self.flush_committed().await
     }
@@ -376,7 +379,7 @@ impl Image {
             &mut scratch,
         )
         .await?;
-        self.commit_header(&header, vec![]).await?;
+        self.commit_header(&mut header, vec![]).await?;
         {
             let mut st = self.state();
             // Same sources (and so the same indexes) as before, new limits.
@@ -417,7 +420,7 @@ impl Image {
         if new_size >= old_size {
             let mut header = header;
             header.size = new_size;
-            self.commit_header(&header, vec![]).await?;
+            self.commit_header(&mut header, vec![]).await?;
             {
                 let mut st = self.state();
                 st.size = new_size;
@@ -436,7 +439,7 @@ impl Image {
         if let Some(p) = header.parent.as_mut() {
             p.overlap = p.overlap.min(new_size);
         }
-        self.commit_header(&header, vec![Action::OmapRemove(touch_keys)])
+        self.commit_header(&mut header, vec![Action::OmapRemove(touch_keys)])
             .await?;
         let mut head_delta = EpochDelta::default();
         if from < to {
@@ -492,7 +495,7 @@ impl Image {
             size: s.size,
             created: Timestamp::now(),
         });
-        self.commit_header(&header, vec![]).await?;
+        self.commit_header(&mut header, vec![]).await?;
         self.state().header = header;
         self.flush_committed().await
     }
@@ -524,7 +527,7 @@ impl Image {
         if header.bookmarks.len() == before {
             return Err(Error::not_found(format!("bookmark {name} does not exist")));
         }
-        self.commit_header(&header, vec![]).await?;
+        self.commit_header(&mut header, vec![]).await?;
         self.state().header = header;
         self.flush_committed().await
     }

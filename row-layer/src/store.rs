@@ -6,6 +6,7 @@
 use crate::backend::ext::{BackendExt, NotFoundExt};
 use crate::backend::{Action, Backend, Guard, WriteOp};
 use crate::error::{Error, ErrorKind, Result};
+use crate::header_format;
 use crate::ids::{Epoch, ImageId, ObjectNo};
 use crate::image::{Image, ImageOptions, Inner, State, View, GRAIN_DATA, GRAIN_ZERO, OWNER_XATTR};
 use crate::layout::{self, Geometry};
@@ -60,14 +61,7 @@ pub struct Store {
     options: ImageOptions,
 }
 
-pub(crate) async fn read_header(backend: &dyn Backend, id: &ImageId) -> Result<HeaderRecord> {
-    let oid = layout::header_object(id);
-    let bytes = backend
-        .read_all(&oid)
-        .await
-        .map_err(|e| e.context(format!("reading header of image {id}")))?;
-    HeaderRecord::decode(&bytes)
-}
+pub(crate) use crate::header_format::read_header;
 
 pub(crate) async fn read_epoch(
     backend: &dyn Backend,
@@ -77,12 +71,64 @@ pub(crate) async fn read_epoch(
     let oid = layout::epoch_object(id, e);
     let bytes = backend.read_all(&oid).await.map_err(|err| {
         if err.kind() == ErrorKind::NotFound {
-            Error::corrupt(format!("epoch record {oid} of a sealed epoch is missing"))
+            Error::not_found(format!("epoch record {oid} of a sealed epoch is missing"))
         } else {
             err
         }
     })?;
     EpochDelta::decode(&bytes, id, e)
+}
+
+/// Header re-reads a loader makes when records its header named vanished.
+const STALE_HEADER_RETRIES: usize = 8;
+
+/// The records of the epochs `wanted` picks from `header`, read
+/// concurrently. A handle that does not own the image (a read-only view, a
+/// clone reading its parent) reads the header while the owner's reclaimer
+/// may delete epochs it names: when a record is missing, the header is read
+/// again and, if it changed, replaces `header` and the records are loaded
+/// for it. A record missing under an unchanged header is corruption.
+pub(crate) async fn read_records(
+    backend: &dyn Backend,
+    header: &mut HeaderRecord,
+    wanted: impl Fn(&HeaderRecord) -> Vec<Epoch>,
+) -> Result<HashMap<Epoch, Arc<EpochDelta>>> {
+    let mut missing = Vec::new();
+    for _ in 0..STALE_HEADER_RETRIES {
+        let h = &*header;
+        let loaded: Vec<(Epoch, Option<EpochDelta>)> = stream::iter(wanted(h))
+            .map(|e| async move {
+                let rec = read_epoch(backend, &h.id, e).await;
+                match rec {
+                    Err(err) if err.kind() == ErrorKind::NotFound => Ok((e, None)),
+                    other => other.map(|d| (e, Some(d))),
+                }
+            })
+            .buffer_unordered(OPEN_PARALLELISM)
+            .try_collect()
+            .await?;
+        missing = loaded
+            .iter()
+            .filter(|(_, d)| d.is_none())
+            .map(|(e, _)| layout::epoch_object(&h.id, *e))
+            .collect();
+        if missing.is_empty() {
+            return Ok(loaded
+                .into_iter()
+                .filter_map(|(e, d)| d.map(|d| (e, Arc::new(d))))
+                .collect());
+        }
+        let newer = read_header(backend, &header.id).await?;
+        if newer == *header {
+            break;
+        }
+        *header = newer;
+    }
+    missing.sort();
+    Err(Error::corrupt(format!(
+        "epoch record {} of a sealed epoch is missing",
+        missing.join(", ")
+    )))
 }
 
 /// Path of epochs from `start` to the root of the image's own lineage.
@@ -167,9 +213,10 @@ pub(crate) async fn parent_links(
         if depth > 64 {
             return Err(Error::corrupt("clone chain deeper than 64 (loop?)"));
         }
-        let ph = read_header(backend, &p.image)
+        let mut ph = read_header(backend, &p.image)
             .await
             .map_err(|e| e.context("opening the parent of a clone"))?;
+        let mut records = read_records(backend, &mut ph, |h| path(h, p.epoch)).await?;
         if ph.object_size != geo.object_size || ph.grain_size != geo.grain_size {
             return Err(Error::corrupt(format!(
                 "parent {} has a different geometry than its clone",
@@ -178,7 +225,9 @@ pub(crate) async fn parent_links(
         }
         limit = limit.min(geo.grains_for(p.overlap));
         for e in path(&ph, p.epoch) {
-            let delta = Arc::new(read_epoch(backend, &ph.id, e).await?);
+            let delta = records
+                .remove(&e)
+                .ok_or_else(|| Error::corrupt(format!("epoch {e} record not loaded")))?;
             let source = chain.source_index(&ph.id, e);
             links.push(Link {
                 source,
@@ -308,7 +357,7 @@ impl Store {
                 state: EpochState::Open,
             },
         );
-        let header = HeaderRecord {
+        let mut header = HeaderRecord {
             id: id.clone(),
             name: name.to_string(),
             size,
@@ -325,14 +374,12 @@ impl Store {
             bookmarks: Vec::new(),
             parent,
             removing: false,
+            commit_seq: 0,
         };
+        let mut op = WriteOp::new().guard(Guard::NotExists);
+        op.actions = header_format::commit_actions(&mut header, None)?;
         self.backend
-            .operate(
-                &layout::header_object(&id),
-                WriteOp::new()
-                    .guard(Guard::NotExists)
-                    .write_full(Bytes::from(header.encode()?)),
-            )
+            .operate(&layout::header_object(&id), op)
             .await?;
         let claimed = self
             .backend
@@ -487,12 +534,12 @@ impl Store {
     /// Reads what a head view needs: header, sealed records, the open
     /// epoch's delta (recovered from its grain omaps) and the lineage.
     pub(crate) async fn load_head(&self, name: &str, id: &ImageId) -> Result<(Geometry, State)> {
-        let header = read_header(&*self.backend, id).await?;
+        let mut header = read_header(&*self.backend, id).await?;
         if header.removing {
             return Err(Error::not_found(format!("image {name} is being removed")));
         }
         let geo = Geometry::new(header.object_size, header.grain_size)?;
-        let deltas = self.load_deltas(&header, None).await?;
+        let deltas = self.load_deltas(&mut header, None).await?;
         let head_delta = Arc::new(recover_open_epoch(&*self.backend, &header, &geo).await?);
         let mut chain = Chain::default();
         let parent_links =
@@ -541,11 +588,17 @@ impl Store {
     /// parent links through the overlap the snapshot recorded.
     pub(crate) async fn load_snapshot(
         &self,
-        header: HeaderRecord,
+        mut header: HeaderRecord,
         s: &SnapRecord,
         geo: &Geometry,
     ) -> Result<State> {
-        let deltas = self.load_deltas(&header, None).await?;
+        let deltas = self.load_deltas(&mut header, None).await?;
+        if !header.snapshots.iter().any(|x| x.id == s.id) {
+            return Err(Error::not_found(format!(
+                "snapshot {} was removed while it was being opened",
+                s.name
+            )));
+        }
         let mut chain = Chain::default();
         let link = header.parent.clone().map(|mut p| {
             p.overlap = s.parent_overlap.unwrap_or(p.overlap);
@@ -595,10 +648,10 @@ impl Store {
     /// Loads the records of the sealed epochs on the path of `only` (or all).
     async fn load_deltas(
         &self,
-        h: &HeaderRecord,
+        h: &mut HeaderRecord,
         only: Option<Epoch>,
     ) -> Result<HashMap<Epoch, Arc<EpochDelta>>> {
-        let wanted: Vec<Epoch> = match only {
+        read_records(&*self.backend, h, |h| match only {
             Some(e) => path(h, e),
             None => h
                 .epochs
@@ -606,14 +659,7 @@ impl Store {
                 .filter(|(_, m)| m.state == EpochState::Sealed)
                 .map(|(e, _)| *e)
                 .collect(),
-        };
-        let backend = &*self.backend;
-        stream::iter(wanted)
-            .map(|e| async move {
-                Ok::<_, Error>((e, Arc::new(read_epoch(backend, &h.id, e).await?)))
-            })
-            .buffer_unordered(OPEN_PARALLELISM)
-            .try_collect()
-            .await
+        })
+        .await
     }
 }

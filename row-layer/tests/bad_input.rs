@@ -8,10 +8,12 @@ mod common;
 
 use bytes::Bytes;
 use common::*;
+use row_layer::backend::ext::BackendExt;
 use row_layer::backend::local::LocalBackend;
 use row_layer::backend::mem::MemBackend;
 use row_layer::backend::{Backend, WriteOp};
-use row_layer::records::{HeaderRecord, EPOCH, HEADER};
+use row_layer::header_format::{HeaderEntry, StoredHeader, ENTRY_PREFIX};
+use row_layer::records::{EPOCH, HEADER};
 use row_layer::{layout, Epoch, ErrorKind, ImageId, Store};
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -141,7 +143,7 @@ async fn newer_version_header_is_unsupported_not_corrupt() {
     let oid = layout::header_object(&id);
     let good = get(&*mem, &oid).await;
     let newer = with_version(&good, HEADER.current_version + 1);
-    let e = HeaderRecord::decode(&newer).expect_err("newer header");
+    let e = StoredHeader::decode(&newer).expect_err("newer header");
     assert_eq!(e.kind(), ErrorKind::Unsupported, "{e}");
     let want = format!(
         "unsupported version {} of RRHD record; this rbd-row reads up to {}",
@@ -160,7 +162,7 @@ async fn newer_version_header_is_unsupported_not_corrupt() {
     )
     .await;
     // Version 0 was never written: that is damage.
-    let e = HeaderRecord::decode(&with_version(&good, 0)).expect_err("v0");
+    let e = StoredHeader::decode(&with_version(&good, 0)).expect_err("v0");
     assert_eq!(e.kind(), ErrorKind::Corrupt, "{e}");
     assert!(e.message().contains("version"), "{e}");
 }
@@ -217,32 +219,70 @@ async fn damaged_header_is_refused_and_nothing_changes() {
         )
         .await;
     }
-    // A well-formed header (valid crc) naming an epoch it does not have.
-    let mut h = HeaderRecord::decode(&good).expect("decode");
-    h.snapshots[0].epoch = Epoch(0x7777);
-    refused_then_restored(
-        &store,
-        &mem,
-        &oid,
-        Some(h.encode().expect("encode")),
-        ErrorKind::Corrupt,
-        "unknown epoch",
-        &content,
-    )
-    .await;
+    // A well-formed header (valid crcs) naming an epoch it does not have.
+    let entries = mem.omap_all(&oid, ENTRY_PREFIX).await.expect("entries");
+    let (key, value) = entries
+        .iter()
+        .find(|(k, _)| k.starts_with("hdr.snap."))
+        .expect("a snapshot entry");
+    let HeaderEntry::Snap(mut s) = HeaderEntry::decode(key, value).expect("entry") else {
+        panic!("not a snapshot entry");
+    };
+    s.epoch = Epoch(0x7777);
+    let bad = HeaderEntry::Snap(s).encode().expect("encode");
+    entry_refused_then_restored(&store, &mem, &oid, key, bad, "unknown epoch", &content).await;
     // ... or whose head is missing from its epoch table.
-    let mut h = HeaderRecord::decode(&good).expect("decode");
-    h.head = Epoch(0x7778);
-    refused_then_restored(
-        &store,
-        &mem,
-        &oid,
-        Some(h.encode().expect("encode")),
-        ErrorKind::Corrupt,
-        "head epoch",
-        &content,
-    )
-    .await;
+    let (key, value) = entries
+        .iter()
+        .find(|(k, _)| k.starts_with("hdr.epoch."))
+        .expect("an epoch entry");
+    let HeaderEntry::Epoch(_, meta) = HeaderEntry::decode(key, value).expect("entry") else {
+        panic!("not an epoch entry");
+    };
+    let moved = HeaderEntry::Epoch(Epoch(0x7778), meta)
+        .encode()
+        .expect("encode");
+    entry_refused_then_restored(&store, &mem, &oid, key, moved, "found under key", &content).await;
+}
+
+/// Replaces header entry `key` with `bad`, checks that opening fails as
+/// corrupt (saying `says`) without changing any object, restores it and
+/// checks the image.
+async fn entry_refused_then_restored(
+    store: &Store,
+    mem: &MemBackend,
+    oid: &str,
+    key: &str,
+    bad: Bytes,
+    says: &str,
+    content: &[u8],
+) {
+    let good = mem.omap_all(oid, key).await.expect("entry")[0].1.clone();
+    mem.operate(oid, WriteOp::new().omap_set1(key, bad))
+        .await
+        .expect("damage");
+    let before = dump(mem).await;
+    let entries_before = mem.omap_all(oid, ENTRY_PREFIX).await.expect("entries");
+    let e = store
+        .open("img")
+        .await
+        .err()
+        .expect("opened a damaged header");
+    assert_eq!(e.kind(), ErrorKind::Corrupt, "{says}: {e}");
+    assert!(e.message().contains(says), "{says}: {e}");
+    assert_eq!(
+        dump(mem).await,
+        before,
+        "{says}: a failed open changed the store"
+    );
+    assert_eq!(
+        mem.omap_all(oid, ENTRY_PREFIX).await.expect("entries"),
+        entries_before
+    );
+    mem.operate(oid, WriteOp::new().omap_set1(key, good))
+        .await
+        .expect("restore");
+    intact(store, content).await;
 }
 
 #[tokio::test]

@@ -194,3 +194,52 @@ async fn a_merge_keeps_discards_of_the_merged_epoch() {
     );
     img.self_check().unwrap();
 }
+
+/// A read-only view opened while the owner's reclaimer deletes an epoch the
+/// view's header read still named (10,000-snapshot bench: "epoch record ...
+/// of a sealed epoch is missing") must load the newer map, not fail.
+#[tokio::test]
+async fn read_only_open_racing_reclaim_reloads_the_header() {
+    use row_layer::backend::fault::{FaultBackend, FaultEffect, FaultPoint, FaultRule};
+    use std::time::Duration;
+    let mem = Arc::new(MemBackend::new());
+    let fault = Arc::new(FaultBackend::new(mem.clone() as Arc<dyn Backend>));
+    let store = Store::new(fault.clone() as Arc<dyn Backend>).with_image_options(ImageOptions {
+        reclaim_ops_per_sec: 0,
+        ..ImageOptions::default()
+    });
+    store.create("img", small_opts(4 * OBJ)).await.unwrap();
+    let img = store.open("img").await.unwrap();
+    img.write(0, pattern(1, GRAIN as usize)).await.unwrap();
+    img.snap_create("s1").await.unwrap();
+    img.write(0, pattern(2, GRAIN as usize)).await.unwrap();
+    img.snap_create("s2").await.unwrap();
+    img.write(GRAIN, pattern(3, GRAIN as usize)).await.unwrap();
+    img.reclaim().await.unwrap();
+    // The view's two record reads (s1's and s2's epochs) land after the
+    // reclaimer removed s1's epoch; the reclaimer's own reads are not held.
+    fault.add_rule(FaultRule {
+        times: 2,
+        ..FaultRule::once(
+            FaultPoint::Read,
+            "rbd_row_epoch.",
+            FaultEffect::Delay(Duration::from_millis(300)),
+        )
+    });
+    let opening = tokio::spawn({
+        let store = store.clone();
+        async move { store.open_head_read_only("img").await }
+    });
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    img.snap_remove("s1").await.unwrap();
+    img.reclaim().await.unwrap();
+    let gone = mem.list("rbd_row_epoch.").await.unwrap().len();
+    assert_eq!(gone, 1, "s1's epoch record was removed (only s2's is left)");
+    let view = opening.await.unwrap().expect("open while reclaiming");
+    fault.clear_rules();
+    let got = view.read(0, 2 * GRAIN).await.unwrap();
+    let mut want = pattern(2, GRAIN as usize).to_vec();
+    want.extend_from_slice(&pattern(3, GRAIN as usize));
+    assert_eq!(got.as_ref(), &want[..]);
+    view.self_check().unwrap();
+}

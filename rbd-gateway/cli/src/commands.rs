@@ -65,11 +65,7 @@ fn check_format(f: &FormatArgs) -> CliResult<bool> {
 /// Reads an image's header without opening it (no ownership needed).
 pub(crate) async fn peek_header(store: &Store, name: &str) -> row_layer::Result<HeaderRecord> {
     let id = store.image_id(name).await?;
-    let oid = layout::header_object(&id);
-    let b = store.backend();
-    let st = b.stat(&oid).await?;
-    let bytes = b.read(&oid, 0, st.size.max(1)).await?;
-    HeaderRecord::decode(&bytes)
+    row_layer::header_format::read_header(&**store.backend(), &id).await
 }
 
 async fn peek(store: &Store, spec: &ImageSpec) -> CliResult<HeaderRecord> {
