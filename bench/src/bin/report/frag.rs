@@ -116,10 +116,11 @@ async fn measure(
         true,
         0.9,
     ));
+    let again = seq(nbd(row));
     if r.met() == Some(false) {
-        ctx.report.sections.push((
-            "Fragmentation: why the target is missed".into(),
-            "Every run of grains that another epoch wrote costs the sequential read its own RADOS read, \
+        ctx.report.notes.push((
+            GROUP.into(),
+            "**Why the target is missed:** every run of grains that another epoch wrote costs the sequential read its own RADOS read, \
              so after many snapshots of scattered overwrites one 1 MiB read becomes many small ones. \
              What would fix it (issue 9): coalesce a read's pieces per source object into one RADOS \
              read, and a background, rate-limited defragmenter that rewrites the head-visible grains \
@@ -127,6 +128,7 @@ async fn measure(
                 .into(),
         ));
     }
+    crate::profile::if_missed(ctx, &r, crate::profile::Subject::FioHere(again)).await;
     ctx.report.rows.push(r);
     Ok(())
 }
