@@ -52,7 +52,7 @@ pub(crate) async fn if_missed(ctx: &mut Ctx, row: &Row, subject: Subject) {
     ctx.report.notes.push((
         row.group.clone(),
         format!(
-            "**Profile of the missed row \"{}\"** ({} s of its rbd-row side under `perf record -g`, user space; `perf report --no-children`, top {TOP}):\n\n{body}",
+            "**Profile of the missed row \"{}\"** ({} s of its rbd-row side under `perf record -g`; `perf report --no-children --sort dso,symbol`, top {TOP}):\n\n{body}",
             row.name,
             secs.as_secs()
         ),
