@@ -22,6 +22,7 @@ pub(crate) mod control;
 pub mod diff;
 mod flatten;
 pub mod fsck;
+mod grace;
 pub mod image;
 pub mod layout;
 pub mod lifecycle;
