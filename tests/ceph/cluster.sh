@@ -13,10 +13,12 @@
 # RBD_ROW_CEPH_OSDS=N (default 1, at most 9) starts N bluestore OSDs, each on
 # its own sparse block file (8 GiB for one OSD, 4 GiB each otherwise, with
 # osd_memory_target 512 MiB), all on this host (crush chooseleaf type 0).
-# RBD_ROW_CEPH_OSD_GIB=G (1 to 4096) makes each block file G GiB instead
-# (sparse: it takes only what is written, but bluestore can then fill it):
-# the benchmark report's full run wants 24 (native clones and the snapshot
-# trim backlog of its rolling step outgrow 8 GiB; see bench/RESULTS.md).
+# RBD_ROW_CEPH_OSD_GIB=G (1 to 4096) makes each block file G GiB instead.
+# The file is sparse, but bluestore does not give freed space back to it,
+# so over a long run it grows towards G GiB: keep that much free on the
+# file system of $RBD_ROW_CEPH_DIR (a full one kills the OSD with ENOSPC,
+# and clients then hang). The benchmark report's full run wants 24 (native
+# clones and the snapshot-trim backlog of its rolling step outgrow 8 GiB).
 # It is fixed at `start` (ceph.conf's bluestore block size); a later `start`
 # of a running cluster with another value only warns.
 # With N >= 3 the pool "rbd" has size 3 / min_size 2 (for failure tests:

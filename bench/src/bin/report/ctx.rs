@@ -441,7 +441,7 @@ pub(crate) fn counts_note(p: &Params) -> String {
     format!(
         "{counts}. Gateway memory: the growth over {} random 4 KiB grains ({} MiB) on a 1 TiB thin image, scaled to a TiB written; \
          issue 9's 1%-written (10 GiB, 2.7 M grains, about 25 min of writes here) and 100%-written 1 TiB images are not written: \
-         a full 1 TiB cannot be stored on this machine (about 33 GiB of free disk for the test OSD's sparse file)",
+         a full 1 TiB cannot be stored on the test cluster (one OSD on a sparse file; 24 GiB is what the full run asks of the build machine's disk)",
         p.rss_grains,
         (p.rss_grains * 4096) >> 20
     )
