@@ -11,9 +11,11 @@
 //! The reclaimer is settled before every timed window: after the round's
 //! snapshot create and remove, `Image::reclaim` runs the pass and is timed
 //! on its own (its own column), so no background pass lands among the
-//! timed writes. Each printed figure is the mean over the `--window`
-//! rounds ending at that round; the baseline is the window starting at
-//! round 10.
+//! timed writes. Each printed figure covers the `--window` rounds ending
+//! at that round (CPU per write: the median round, measured as the
+//! thread's own CPU time; the rest: means); the baseline is the window
+//! starting at round 10. Pick `--window` dividing `rounds - 10` so that
+//! the last window ends at the last round.
 
 use anyhow::Result;
 use bytes::Bytes;
@@ -76,14 +78,24 @@ async fn stored(mem: &MemBackend) -> Result<(u64, u64)> {
     Ok((objects.len() as u64, grains))
 }
 
-/// CPU time this thread has run, in ns (`/proc/thread-self/schedstat`):
-/// the runtime is single-threaded and the in-memory backend synchronous,
-/// so this is the engine's and the backend's CPU, without the time the
-/// thread waited for a core on a busy machine.
+/// CPU time this thread has run, in ns (`CLOCK_THREAD_CPUTIME_ID`): the
+/// runtime is single-threaded and the in-memory backend synchronous, so
+/// this is the engine's and the backend's CPU, without the time the thread
+/// waited for a core on a busy machine. (`/proc/thread-self/schedstat`
+/// only advances at scheduler ticks: most rounds read 0.)
 fn thread_cpu_ns() -> Result<u64> {
-    let s = std::fs::read_to_string("/proc/thread-self/schedstat")?;
-    let first = s.split_whitespace().next().unwrap_or_default();
-    Ok(first.parse()?)
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: `ts` is a valid, writable timespec for the call's duration.
+    let rc = unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut ts) };
+    anyhow::ensure!(
+        rc == 0,
+        "clock_gettime: {}",
+        std::io::Error::last_os_error()
+    );
+    Ok(ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64)
 }
 
 /// One round's writes and a flush (both sides make their writes durable,
@@ -154,6 +166,16 @@ impl Acc {
     }
 }
 
+fn median(xs: impl Iterator<Item = f64>) -> f64 {
+    let mut v: Vec<f64> = xs.collect();
+    v.sort_by(f64::total_cmp);
+    match v.len() {
+        0 => f64::NAN,
+        n if n % 2 == 1 => v[n / 2],
+        n => (v[n / 2 - 1] + v[n / 2]) / 2.0,
+    }
+}
+
 #[tokio::main(flavor = "current_thread")]
 async fn main() -> Result<()> {
     let a = Args::parse();
@@ -163,13 +185,14 @@ async fn main() -> Result<()> {
     let mut rng = SmallRng::seed_from_u64(1);
     let mut base: Option<Acc> = None;
     let mut acc = Acc::default();
+    let mut cpu_rounds: Vec<(f64, f64)> = Vec::new();
     anyhow::ensure!(
         a.window > 0 && a.every > 0,
         "--window and --every must be positive"
     );
     let started = Instant::now();
     println!(
-        "# rolling-mem: {} rounds, {} random 4 KiB writes/round on {} MiB, create n / remove n-5; figures are means over {} rounds ending at the round (baseline: rounds 10 to {})",
+        "# rolling-mem: {} rounds, {} random 4 KiB writes/round on {} MiB, create n / remove n-5; figures are over the {} rounds ending at the round (CPU: the median round; the rest: means), against the first such window (rounds 10 to {})",
         a.rounds, a.writes, a.size_mib, a.window, 9 + a.window
     );
     println!(
@@ -193,12 +216,18 @@ async fn main() -> Result<()> {
             continue;
         }
         acc.add(ops, (us, cus), (wall, cwall), snap_us, reclaim_us);
+        cpu_rounds.push((us, cus));
         // Windows are rounds [10 + k·w, 10 + (k+1)·w); the first is the baseline.
         if (r + 1 - 10) % a.window != 0 {
             continue;
         }
-        let m = acc.mean();
+        let mut m = acc.mean();
         acc = Acc::default();
+        // CPU: the median round, so one preempted or cache-cold round on a
+        // shared machine does not move the window.
+        m.us = median(cpu_rounds.iter().map(|c| c.0));
+        m.control_us = median(cpu_rounds.iter().map(|c| c.1));
+        cpu_rounds.clear();
         let first = base.is_none();
         let b = *base.get_or_insert(m);
         let crossed = (r + 1) / a.every > (r + 1 - a.window) / a.every;
