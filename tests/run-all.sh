@@ -71,7 +71,9 @@ tests/addon/run.sh
 # every row and write its table and plots (speed is not judged here). The
 # test profile reuses what the test runs above built; the output goes to a
 # temporary directory, so the committed bench/RESULTS.md stays the recorded
-# run. About 6 minutes.
+# run. 352 s at a load average of 11 on the 2 cores, where the previous
+# --quick took over 839 s (and 383-402 s in this suite), so about 3 minutes
+# here (an estimate); the Duration line it prints gives each row's time.
 report_out=$(mktemp -d /tmp/rbd-row-report.XXXXXX)
 RBD_ROW_BENCH_PROFILE=test cargo run --profile test -p rbd-row-bench --bin report -- \
     --quick --out "$report_out" >"$report_out/stdout" 2>"$report_out/stderr" ||

@@ -9,12 +9,15 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-/// Runs `prog args`, returning stdout, or an error with its stderr.
+/// Runs `prog args`, returning stdout, or an error with its stderr (a
+/// [`crate::proc::TimedOut`] past the default deadline).
 pub fn run(prog: &str, args: &[&str]) -> anyhow::Result<String> {
-    let out = Command::new(prog)
-        .args(args)
-        .output()
-        .with_context(|| format!("running {prog}"))?;
+    run_within(prog, args, crate::proc::default_timeout())
+}
+
+/// [`run`] with its own deadline.
+pub fn run_within(prog: &str, args: &[&str], timeout: Duration) -> anyhow::Result<String> {
+    let out = crate::proc::output(Command::new(prog).args(args), timeout)?;
     if !out.status.success() {
         anyhow::bail!(
             "{prog} {}: {}",
@@ -29,6 +32,13 @@ pub fn run(prog: &str, args: &[&str]) -> anyhow::Result<String> {
 pub fn timed(prog: &str, args: &[&str]) -> anyhow::Result<Duration> {
     let t = Instant::now();
     run(prog, args)?;
+    Ok(t.elapsed())
+}
+
+/// [`timed`] with its own deadline.
+pub fn timed_within(prog: &str, args: &[&str], timeout: Duration) -> anyhow::Result<Duration> {
+    let t = Instant::now();
+    run_within(prog, args, timeout)?;
     Ok(t.elapsed())
 }
 
@@ -68,14 +78,32 @@ pub fn ensure_pool(pool: &str) -> anyhow::Result<()> {
 /// them (`ceph df`; updated by the manager every few seconds, so a figure
 /// may lag the last I/O by that much).
 pub fn pool_stats(pool: &str) -> anyhow::Result<(u64, u64)> {
-    let v = ceph_json(&["df", "detail"])?;
-    let p = v["pools"]
+    pool_stats_in(&ceph_json(&["df", "detail"])?, pool)
+}
+
+/// [`pool_stats`] from a `ceph df` already read.
+pub fn pool_stats_in(df: &serde_json::Value, pool: &str) -> anyhow::Result<(u64, u64)> {
+    let p = df["pools"]
         .as_array()
         .and_then(|a| a.iter().find(|p| p["name"].as_str() == Some(pool)))
         .ok_or_else(|| anyhow!("pool {pool} not in ceph df"))?;
     let stored = p["stats"]["stored"].as_u64().unwrap_or(0);
     let objects = p["stats"]["objects"].as_u64().unwrap_or(0);
     Ok((stored, objects))
+}
+
+/// Raw bytes used and total of the whole cluster (`ceph df`).
+pub fn raw_usage() -> anyhow::Result<(u64, u64)> {
+    raw_usage_in(&ceph_json(&["df"])?)
+}
+
+/// [`raw_usage`] from a `ceph df` already read.
+pub fn raw_usage_in(df: &serde_json::Value) -> anyhow::Result<(u64, u64)> {
+    let st = &df["stats"];
+    let used = st["total_used_raw_bytes"]
+        .as_u64()
+        .ok_or_else(|| anyhow!("no total_used_raw_bytes in ceph df"))?;
+    Ok((used, st["total_bytes"].as_u64().unwrap_or(0)))
 }
 
 /// Writes a copy of `conf` with `rbd cache = false` in `[global]` to `dir`

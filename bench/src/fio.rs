@@ -141,9 +141,23 @@ impl FioJob {
         c
     }
 
-    /// Runs it (blocking).
+    /// How long it may run before it is killed: a timed job its runtime
+    /// plus two minutes (start-up, connecting, a slow cluster), capped by
+    /// the default deadline; a counted job the default deadline.
+    pub fn timeout(&self) -> Duration {
+        let d = crate::proc::default_timeout();
+        match self.amount {
+            Amount::Time(t) => {
+                (t + Duration::from_secs(120)).min(d.max(t + Duration::from_secs(30)))
+            }
+            Amount::Ios(_) => d,
+        }
+    }
+
+    /// Runs it (blocking); killed past [`FioJob::timeout`].
     pub fn run(&self) -> anyhow::Result<FioResult> {
-        let out = self.command().output().context("running fio")?;
+        let out = crate::proc::output(&mut self.command(), self.timeout())
+            .with_context(|| format!("fio {} on {:?}", self.rw, self.target))?;
         let stdout = String::from_utf8_lossy(&out.stdout);
         ensure!(
             out.status.success(),

@@ -7,6 +7,7 @@ pub mod ceph;
 pub mod fio;
 pub mod gateway;
 pub mod plot;
+pub mod proc;
 pub mod raw;
 pub mod results;
 pub mod stats;
@@ -104,20 +105,9 @@ pub async fn fill(img: &Image, chunk: u64, depth: usize) -> anyhow::Result<()> {
 }
 
 /// Runs the native `rbd` tool, returning its stdout (an error with its
-/// stderr when it fails).
+/// stderr when it fails, [`proc::TimedOut`] past the default deadline).
 pub fn rbd(args: &[&str]) -> anyhow::Result<String> {
-    let out = std::process::Command::new("rbd")
-        .args(args)
-        .output()
-        .map_err(|e| anyhow::anyhow!("running rbd: {e}"))?;
-    if !out.status.success() {
-        anyhow::bail!(
-            "rbd {}: {}",
-            args.join(" "),
-            String::from_utf8_lossy(&out.stderr)
-        );
-    }
-    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    ceph::rbd(args)
 }
 
 /// Native `rbd bench` of `ops` random 4 KiB writes with `depth` in flight

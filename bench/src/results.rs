@@ -200,6 +200,19 @@ impl Row {
         })
     }
 
+    /// Whether any of its figures is a command or step that ran past its
+    /// deadline ([`crate::proc::TimedOut`]'s text).
+    pub fn timed_out(&self) -> bool {
+        [
+            Some(&self.rbd_row),
+            self.native.as_ref(),
+            self.control.as_ref(),
+        ]
+        .into_iter()
+        .flatten()
+        .any(|c| matches!(c, Cell::NotRun(why) if why.starts_with("timed out")))
+    }
+
     fn markdown(&self) -> String {
         let opt = |c: &Option<Cell>| c.as_ref().map_or("–".to_owned(), Cell::render);
         let ratio = |r: Option<f64>| r.map_or("–".to_owned(), |r| format!("{r:.2}"));
@@ -235,6 +248,9 @@ pub struct Report {
     pub rows: Vec<Row>,
     /// Further markdown sections `(title, body)` (per-round tables, notes).
     pub sections: Vec<(String, String)>,
+    /// Notes printed under a group's table `(group, markdown)`: why a target
+    /// is missed, the profile of a missed row.
+    pub notes: Vec<(String, String)>,
     /// Plots `(caption, path relative to RESULTS.md)`.
     pub plots: Vec<(String, String)>,
 }
@@ -258,18 +274,25 @@ impl Report {
             .iter()
             .filter(|r| matches!(r.rbd_row, Cell::NotRun(_)))
             .count();
+        let timed_out = self.rows.iter().filter(|r| r.timed_out()).count();
         let _ = writeln!(
             s,
-            "- **Summary:** {} rows, targets met {met}, missed {missed}, rows not run {not_run}\n",
+            "- **Summary:** {} rows, targets met {met}, missed {missed}, rows not run {not_run} (timed out {timed_out})\n",
             self.rows.len()
         );
         let mut group: Option<&str> = None;
-        for r in &self.rows {
+        for (i, r) in self.rows.iter().enumerate() {
             if group != Some(r.group.as_str()) {
                 let _ = write!(s, "\n## {}\n\n{HEAD}", r.group);
                 group = Some(&r.group);
             }
             let _ = writeln!(s, "{}", r.markdown());
+            let last_of_group = self.rows.get(i + 1).is_none_or(|n| n.group != r.group);
+            if last_of_group {
+                for (_, note) in self.notes.iter().filter(|(g, _)| *g == r.group) {
+                    let _ = write!(s, "\n{}\n", note.trim_end());
+                }
+            }
         }
         for (title, body) in &self.sections {
             let _ = write!(s, "\n## {title}\n\n{body}\n");
@@ -321,7 +344,30 @@ mod tests {
         .markdown("t");
         assert!(md.contains("not run: librbd.so.1 not built"), "{md}");
         assert!(md.contains("not judged"), "{md}");
-        assert!(md.contains("rows not run 1"), "{md}");
+        assert!(md.contains("rows not run 1 (timed out 0)"), "{md}");
+    }
+
+    #[test]
+    fn timed_out_rows_are_counted_and_notes_follow_their_table() {
+        let late = Row::not_run(
+            "a",
+            "x",
+            "u",
+            "timed out: `rbd snap create p/i@s` still running after 60 s, killed",
+        );
+        let ok =
+            Row::new("b", "y", "u", cell(&[1.0])).native(Cell::NotRun("timed out: `fio` …".into()));
+        assert!(late.timed_out() && ok.timed_out());
+        assert!(!Row::not_run("a", "z", "u", "not built").timed_out());
+        let md = Report {
+            rows: vec![late, Row::new("a", "w", "u", cell(&[2.0])), ok],
+            notes: vec![("a".into(), "NOTE-A".into())],
+            ..Report::default()
+        }
+        .markdown("t");
+        assert!(md.contains("(timed out 2)"), "{md}");
+        let (note, w, b) = (md.find("NOTE-A"), md.find("| w |"), md.find("## b"));
+        assert!(w < note && note < b, "{md}");
     }
 
     #[test]

@@ -18,9 +18,10 @@
 //!   re-checks the committed header before deleting.
 //! - The reclaimer runs in the background: a job that may have made garbage
 //!   or hidden epochs marks the image, and the loop runs a pass once no job
-//!   has arrived for `ImageOptions::reclaim_delay`, throttled by
-//!   `ImageOptions::reclaim_ops_per_sec`. `Image::reclaim` runs a pass now
-//!   and waits for it; `close` does too.
+//!   has arrived for `ImageOptions::reclaim_delay`, its backend ops paced
+//!   by `ImageOptions::reclaim_ops_per_sec` ([`Pacer`]). `Image::reclaim`
+//!   runs a pass now and waits for it (that pass stands for any background
+//!   one pending); `close` does too.
 
 use crate::error::{Error, ErrorKind, Result};
 use crate::image::{Image, Inner};
@@ -108,14 +109,43 @@ impl Image {
         answer.await.map_err(|_| closed())?
     }
 
-    /// Sleeps so that the reclaimer issues at most
-    /// `ImageOptions::reclaim_ops_per_sec` backend ops per second.
-    pub(crate) async fn throttle_reclaim(&self, ops: usize) {
-        let rate = self.inner.options.reclaim_ops_per_sec;
-        if rate > 0 && ops > 0 {
-            let secs = ops as f64 / f64::from(rate);
-            tokio::time::sleep(std::time::Duration::from_secs_f64(secs)).await;
+    /// The pacer of one reclaim pass (see [`Pacer`]).
+    pub(crate) fn reclaim_pacer(&self) -> Pacer {
+        Pacer::new(self.inner.options.reclaim_ops_per_sec)
+    }
+}
+
+/// Spaces the reclaimer's backend ops evenly at
+/// `ImageOptions::reclaim_ops_per_sec` (the knob; 0: unlimited). Every op
+/// takes its own slot before it is issued, so a pass never sends a burst:
+/// at most `rate × op latency` reclaim ops are queued at the OSDs at any
+/// time, and client I/O does not wait behind a flood of deletions.
+pub(crate) struct Pacer {
+    interval: Option<std::time::Duration>,
+    next: std::sync::Mutex<tokio::time::Instant>,
+}
+
+impl Pacer {
+    pub(crate) fn new(ops_per_sec: u32) -> Pacer {
+        Pacer {
+            interval: (ops_per_sec > 0)
+                .then(|| std::time::Duration::from_secs_f64(1.0 / f64::from(ops_per_sec))),
+            next: std::sync::Mutex::new(tokio::time::Instant::now()),
         }
+    }
+
+    /// Waits for the next slot of one backend op.
+    pub(crate) async fn op(&self) {
+        let Some(interval) = self.interval else {
+            return;
+        };
+        let slot = {
+            let mut next = self.next.lock().unwrap_or_else(|p| p.into_inner());
+            let slot = (*next).max(tokio::time::Instant::now());
+            *next = slot + interval;
+            slot
+        };
+        tokio::time::sleep_until(slot).await;
     }
 }
 
@@ -154,6 +184,8 @@ async fn control_loop(
             ControlMsg::Job(job) => job(image.clone()).await,
             ControlMsg::Reclaim(reply) => {
                 image.inner.reclaim_wanted.store(false, Ordering::SeqCst);
+                // This pass covers whatever was pending: no second one.
+                pending = false;
                 let _ = reply.send(image.reclaim_now().await);
             }
         }

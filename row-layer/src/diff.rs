@@ -44,6 +44,17 @@ impl Image {
     /// Grains changed since `from` (None: since the beginning, i.e. every
     /// grain ever recorded) up to this view, and those of them holding data.
     pub fn changed_grains(&self, from: Option<&str>) -> Result<(RoaringTreemap, RoaringTreemap)> {
+        self.changed_grains_with(from, true)
+    }
+
+    /// [`Image::changed_grains`]; with `include_parent` false and no `from`,
+    /// only the grains this image itself recorded (a clone's own writes,
+    /// librbd's `include_parent = 0`).
+    fn changed_grains_with(
+        &self,
+        from: Option<&str>,
+        include_parent: bool,
+    ) -> Result<(RoaringTreemap, RoaringTreemap)> {
         let base = from.map(|n| self.diff_base(n)).transpose()?;
         let st = self.state();
         let own_id = &self.inner.id;
@@ -51,6 +62,9 @@ impl Image {
         match base {
             None => {
                 for l in &st.chain.links {
+                    if !include_parent && st.chain.sources[l.source as usize].0 != *own_id {
+                        break;
+                    }
                     let mut d = l.delta.data.clone();
                     d |= &l.delta.zero;
                     if l.limit != u64::MAX {
@@ -112,7 +126,17 @@ impl Image {
     /// beginning, listing only allocated data) up to this view, in order, at
     /// grain granularity (the last extent is clipped to the image size).
     pub fn diff(&self, from: Option<&str>) -> Result<Vec<DiffExtent>> {
-        let (changed, data) = self.changed_grains(from)?;
+        self.diff_with(from, true)
+    }
+
+    /// The data extents this image itself wrote since its creation, without
+    /// its parent's (for a clone; the same as `diff(None)` otherwise).
+    pub fn diff_own(&self) -> Result<Vec<DiffExtent>> {
+        self.diff_with(None, false)
+    }
+
+    fn diff_with(&self, from: Option<&str>, include_parent: bool) -> Result<Vec<DiffExtent>> {
+        let (changed, data) = self.changed_grains_with(from, include_parent)?;
         let gs = self.inner.geo.grain_size;
         let size = self.size();
         let only_data = from.is_none();

@@ -104,7 +104,7 @@ impl Image {
             return Ok(self.header().head == r);
         }
         self.in_control(move |img| async move {
-            let _gate = img.inner.gate.read().await;
+            let _gate = img.shared_gate().await;
             img.check_writable()?;
             img.copy_parent_into_sealed(r).await
         })

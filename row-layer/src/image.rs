@@ -104,6 +104,8 @@ pub(crate) struct Inner {
     pub(crate) view: View,
     pub(crate) cookie: Option<String>,
     pub(crate) gate: tokio::sync::RwLock<()>,
+    /// Generations of data-path requests, for the reclaimer (grace.rs).
+    pub(crate) grace: crate::grace::Grace,
     pub(crate) ranges: RangeLock,
     pub(crate) state: Mutex<State>,
     pub(crate) poisoned: Mutex<Option<String>>,
@@ -305,10 +307,22 @@ impl Image {
         (locs, st.chain.sources.clone())
     }
 
+    /// The gate, shared, plus a token of the current request generation
+    /// (grace.rs): what every data-path request holds while it runs.
+    pub(crate) async fn shared_gate(
+        &self,
+    ) -> (
+        tokio::sync::RwLockReadGuard<'_, ()>,
+        crate::grace::GraceToken,
+    ) {
+        let gate = self.inner.gate.read().await;
+        (gate, self.inner.grace.enter())
+    }
+
     /// Reads `len` bytes at `offset`.
     pub async fn read(&self, offset: u64, len: u64) -> Result<Bytes> {
         self.check_usable()?;
-        let _gate = self.inner.gate.read().await;
+        let _gate = self.shared_gate().await;
         // Checked under the gate: a resize may have been queued before us.
         self.check_range(offset, len)?;
         self.read_unlocked(offset, len).await
@@ -414,7 +428,7 @@ impl Image {
         self.check_writable()?;
         let img = self.clone();
         self.detached(async move {
-            let _gate = img.inner.gate.read().await;
+            let _gate = img.shared_gate().await;
             img.check_range(offset, data.len() as u64)?;
             let mut jobs = Vec::new();
             for (o, poff, plen) in img.pieces(offset, data.len() as u64) {
@@ -447,7 +461,7 @@ impl Image {
         self.check_writable()?;
         let img = self.clone();
         self.detached(async move {
-            let _gate = img.inner.gate.read().await;
+            let _gate = img.shared_gate().await;
             img.check_range(offset, len)?;
             img.zero_range_unlocked(offset, len).await
         })
@@ -492,7 +506,7 @@ impl Image {
 
     async fn copy_up_detached(&self, o: ObjectNo, g0: u64, g1: u64) -> Result<()> {
         let gs = self.inner.geo.grain_size;
-        let _gate = self.inner.gate.read().await;
+        let _gate = self.shared_gate().await;
         let _range = self.inner.ranges.lock(g0, g1).await;
         let (locs, sources) = self.locs(o, g0, g1);
         let size = self.size();

@@ -22,6 +22,7 @@ pub(crate) mod control;
 pub mod diff;
 mod flatten;
 pub mod fsck;
+mod grace;
 pub mod header_format;
 pub mod image;
 pub mod layout;

@@ -27,18 +27,22 @@
 //! stops half way and `e` then loses a grain to a trim, the trim of `p`
 //! (whose record names the grain) punches `p`'s copy too.
 //!
-//! Readers that loaded the old map: the owner's own reads hold the shared
-//! gate, so after the splice the merger takes the gate exclusively once (a
-//! barrier) before `e`'s objects are deleted; no read can then still use a
-//! resolution naming `e`. Other handles (read-only snapshot views, clones
+//! Readers that loaded the old map: the owner's own requests hold a token
+//! of the current request generation (grace.rs), so once a pass's merges
+//! are spliced the reclaimer starts a new generation and waits for the old
+//! one (a barrier that holds back no new request) before any merged
+//! epoch's objects are deleted; no read can then still use a resolution
+//! naming one. Other handles (read-only snapshot views, clones
 //! reading this image as their parent) find `e`'s objects gone and reload
 //! their map (refresh.rs).
 
 use crate::backend::{Action, WriteOp};
+use crate::control::Pacer;
 use crate::error::{Error, Result};
 use crate::ids::{Epoch, ObjectNo};
 use crate::image::{Image, GRAIN_DATA, GRAIN_ZERO};
 use crate::layout;
+use crate::reclaim::cpu;
 use crate::records::{EpochDelta, EpochState, HeaderRecord};
 use bytes::{Bytes, BytesMut};
 use futures::stream::{self, StreamExt, TryStreamExt};
@@ -87,42 +91,46 @@ fn merged_delta(p: &EpochDelta, e: &EpochDelta, written: &RoaringTreemap) -> Epo
 impl Image {
     /// Merges every mergeable hidden epoch into its parent. Control-task
     /// only (it runs inside the reclaimer). Returns whether any epoch moved
-    /// to `garbage`.
-    pub(crate) async fn merge_hidden(&self) -> Result<bool> {
+    /// to `garbage`; if so, no read that resolved a grain to a merged epoch
+    /// is still in flight (one barrier for the whole pass, taken even when
+    /// a later merge fails, since the spliced epochs are garbage already).
+    pub(crate) async fn merge_hidden(&self, pacer: &Pacer) -> Result<bool> {
         let mut merged = false;
-        while let Some((e, p)) = next_merge(&self.header()) {
-            self.merge_into_parent(e, p).await?;
+        let mut result = Ok(());
+        loop {
+            let next = next_merge(&self.state().header);
+            let Some((e, p)) = next else { break };
+            result = self.merge_into_parent(e, p, pacer).await;
+            if result.is_err() {
+                break;
+            }
             merged = true;
         }
-        Ok(merged)
+        if merged {
+            // Barrier: requests that may have resolved grains to a merged
+            // epoch before its splice finish before its objects can go.
+            // New requests are not held back (grace.rs).
+            self.inner.grace.wait_for_earlier().await;
+        }
+        result.map(|()| merged)
     }
 
-    async fn merge_into_parent(&self, e: Epoch, p: Epoch) -> Result<()> {
+    async fn merge_into_parent(&self, e: Epoch, p: Epoch, pacer: &Pacer) -> Result<()> {
         let (Some(ed), Some(pd)) = (self.delta_of(e), self.delta_of(p)) else {
             return Err(Error::corrupt(format!(
                 "records of epochs {e} and {p} are not loaded"
             )));
         };
         let geo = self.geometry();
-        let gpo = u64::from(geo.grains_per_object());
-        // `p`'s objects that `e` zeroes grains of (their bytes and keys go).
-        let zeroed_objects: RoaringTreemap = pd
-            .touched
-            .iter()
-            .filter(|o| ed.zero.range_cardinality(o * gpo..(o + 1) * gpo) > 0)
-            .collect();
-        let mut objects = ed.touched.clone();
-        objects |= &zeroed_objects;
-        let mut with_data = ed.touched.clone();
-        with_data &= &ed.data.iter().map(|g| g / gpo).collect::<RoaringTreemap>();
-        // The record first: it names every grain `e` adds before any byte is
-        // copied. Nothing reads those grains of `p` while `e` exists, and if
-        // the merge stops half way, a later trim of `p` then punches its
-        // copies of grains `e` loses, instead of leaving them unnamed.
-        let grown = merged_delta(&pd, &ed, &with_data);
+        let id = self.inner.id.clone();
+        let parent = self.state().header.epochs.get(&p).and_then(|m| m.parent);
+        let grains = ed.data.len() + ed.zero.len() + pd.data.len() + pd.zero.len();
+        let (ed2, pd2) = (ed.clone(), pd.clone());
+        let (grown, record, objects, zeroed_objects) =
+            cpu(grains, move || merge_plan(geo, &id, p, parent, &pd2, &ed2)).await??;
+        drop(pd);
         let backend = &self.inner.backend;
-        let parent = self.header().epochs.get(&p).and_then(|m| m.parent);
-        let record = Bytes::from(grown.encode(&self.inner.id, p, parent)?);
+        pacer.op().await;
         backend
             .operate(
                 &layout::epoch_object(&self.inner.id, p),
@@ -131,20 +139,19 @@ impl Image {
             .await
             .map_err(|err| err.context(format!("rewriting epoch {p}'s record in a merge")))?;
         backend.flush().await?;
-        self.install_sealed_delta(p, grown.clone());
+        self.install_sealed_delta(p, grown);
         stream::iter(objects.iter())
-            .map(|o| self.merge_object(ObjectNo(o), e, p, &ed, zeroed_objects.contains(o)))
+            .map(|o| {
+                let zero_in_parent = zeroed_objects.contains(o);
+                self.merge_object(ObjectNo(o), e, p, &ed, zero_in_parent, pacer)
+            })
             .buffer_unordered(MERGE_PARALLELISM)
             .try_collect::<Vec<()>>()
             .await?;
-        self.throttle_reclaim(2 * objects.len() as usize + 3).await;
         // The copies are durable before the splice stops `e` shadowing them.
         backend.flush().await?;
         self.splice(e).await?;
         self.state().cache.clear();
-        // Barrier: reads that resolved grains to `e` before the splice hold
-        // the gate; they finish before `e`'s objects can go.
-        drop(self.inner.gate.write().await);
         Ok(())
     }
 
@@ -157,6 +164,7 @@ impl Image {
         p: Epoch,
         ed: &EpochDelta,
         zero_in_parent: bool,
+        pacer: &Pacer,
     ) -> Result<()> {
         let geo = self.geometry();
         let gs = geo.grain_size;
@@ -167,6 +175,7 @@ impl Image {
         let mut keys = Vec::new();
         for (g0, g1) in runs(&ed.data, first, last) {
             let (off, len) = ((g0 - first) * gs, (g1 - g0) * gs);
+            pacer.op().await;
             let got = self
                 .inner
                 .backend
@@ -193,8 +202,38 @@ impl Image {
             });
             keys.extend((g0..g1).map(|g| grain_kv(g - first, GRAIN_ZERO)));
         }
+        if !actions.is_empty() {
+            pacer.op().await;
+        }
         self.write_into_sealed(o, p, actions, keys, "a merge").await
     }
+}
+
+/// The merge of `e` into `p`, planned: `p`'s grown delta and its record,
+/// the objects the merge writes, and those of `p` where `e` zeroes grains.
+/// Pure CPU.
+fn merge_plan(
+    geo: crate::layout::Geometry,
+    id: &crate::ids::ImageId,
+    p: Epoch,
+    parent: Option<Epoch>,
+    pd: &EpochDelta,
+    ed: &EpochDelta,
+) -> Result<(EpochDelta, Bytes, RoaringTreemap, RoaringTreemap)> {
+    let gpo = u64::from(geo.grains_per_object());
+    let has = |set: &RoaringTreemap, o: u64| set.range_cardinality(o * gpo..(o + 1) * gpo) > 0;
+    // `p`'s objects that `e` zeroes grains of (their bytes and keys go).
+    let zeroed_objects: RoaringTreemap = pd.touched.iter().filter(|&o| has(&ed.zero, o)).collect();
+    let mut objects = ed.touched.clone();
+    objects |= &zeroed_objects;
+    let with_data: RoaringTreemap = ed.touched.iter().filter(|&o| has(&ed.data, o)).collect();
+    // The record first: it names every grain `e` adds before any byte is
+    // copied. Nothing reads those grains of `p` while `e` exists, and if
+    // the merge stops half way, a later trim of `p` then punches its
+    // copies of grains `e` loses, instead of leaving them unnamed.
+    let grown = merged_delta(pd, ed, &with_data);
+    let record = Bytes::from(grown.encode(id, p, parent)?);
+    Ok((grown, record, objects, zeroed_objects))
 }
 
 fn grain_kv(index_in_object: u64, value: &'static [u8]) -> (String, Bytes) {

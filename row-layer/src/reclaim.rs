@@ -20,22 +20,51 @@
 //!
 //! Before step 3 the backend is flushed, so a child's rewrite is durable
 //! before the grain it hides is punched.
+//!
+//! It stays off the I/O path: every backend op of a pass takes a slot of
+//! the pass's [`Pacer`] (`ImageOptions::reclaim_ops_per_sec`), bitmap work
+//! on large epochs runs on the blocking pool ([`cpu`]) instead of a runtime
+//! worker, the state mutex is held only to copy inputs and install
+//! results, and it never takes the gate: after merges it waits once per
+//! pass for the requests that were in flight (grace.rs, merge.rs), without
+//! holding back new ones.
 
 use crate::backend::ext::{BackendExt, NotFoundExt};
 use crate::backend::{Action, WriteOp};
+use crate::control::Pacer;
 use crate::error::{Error, ErrorKind, Result};
-use crate::ids::{Epoch, ObjectNo};
+use crate::ids::{Epoch, ImageId, ObjectNo};
 use crate::image::Image;
-use crate::layout;
+use crate::layout::{self, Geometry};
 use crate::records::{EpochDelta, EpochState, HeaderRecord};
 use crate::store::{build_chain, read_epoch, read_header};
 use bytes::Bytes;
 use futures::stream::{self, StreamExt, TryStreamExt};
 use roaring::RoaringTreemap;
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;
 
 const DELETE_PARALLELISM: usize = 32;
+
+/// Bitmap work on fewer grains than this runs in place (a few ms at most);
+/// larger work goes to the blocking pool, so a reclaim pass over a big
+/// epoch never occupies a runtime worker that client I/O needs.
+const INLINE_CPU_GRAINS: u64 = 1 << 20;
+
+/// Runs `f`, which costs about `grains` bitmap steps, in place or on the
+/// blocking pool (see [`INLINE_CPU_GRAINS`]).
+pub(crate) async fn cpu<T, F>(grains: u64, f: F) -> Result<T>
+where
+    T: Send + 'static,
+    F: FnOnce() -> T + Send + 'static,
+{
+    if grains < INLINE_CPU_GRAINS {
+        return Ok(f());
+    }
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| Error::io(format!("reclaimer CPU task failed: {e}")))
+}
 
 /// Epochs some pinned epoch descends from (pinned ones included).
 pub(crate) fn reachable(h: &HeaderRecord) -> BTreeSet<Epoch> {
@@ -60,11 +89,12 @@ impl Image {
     /// it takes no gate.
     pub(crate) async fn reclaim_now(&self) -> Result<()> {
         self.check_writable()?;
+        let pacer = self.reclaim_pacer();
         self.collect_unreachable().await?;
-        self.delete_garbage().await?;
-        self.trim_hidden().await?;
-        if self.merge_hidden().await? {
-            self.delete_garbage().await?;
+        self.delete_garbage(&pacer).await?;
+        self.trim_hidden(&pacer).await?;
+        if self.merge_hidden(&pacer).await? {
+            self.delete_garbage(&pacer).await?;
         }
         Ok(())
     }
@@ -90,14 +120,15 @@ impl Image {
         Ok(())
     }
 
-    async fn delete_garbage(&self) -> Result<()> {
+    async fn delete_garbage(&self, pacer: &Pacer) -> Result<()> {
         let backend = self.inner.backend.clone();
         let id = self.inner.id.clone();
         let hdr_oid = layout::header_object(&id);
         loop {
-            let Some(g) = self.header().garbage.first().copied() else {
+            let Some(g) = self.state().header.garbage.first().copied() else {
                 return Ok(());
             };
+            pacer.op().await;
             // Re-check against the committed header before deleting anything.
             let committed = read_header(&*backend, &id).await?;
             if !committed.garbage.contains(&g) || committed.epochs.contains_key(&g) {
@@ -108,6 +139,7 @@ impl Image {
             // The header naming `g` as garbage is durable before its parts go.
             backend.flush().await?;
             let mut objects = RoaringTreemap::new();
+            pacer.op().await;
             match read_epoch(&*backend, &id, g).await {
                 Ok(d) => objects |= &d.touched,
                 Err(e) if matches!(e.kind(), ErrorKind::NotFound | ErrorKind::Corrupt) => {
@@ -126,14 +158,17 @@ impl Image {
                 .map(|o| {
                     let backend = backend.clone();
                     let oid = layout::data_object(&id, ObjectNo(o), g);
-                    async move { backend.operate(&oid, WriteOp::remove()).await }
+                    async move {
+                        pacer.op().await;
+                        backend.operate(&oid, WriteOp::remove()).await
+                    }
                 })
                 .buffer_unordered(DELETE_PARALLELISM)
                 .try_collect::<Vec<()>>()
                 .await?;
-            self.throttle_reclaim(objects.len() as usize + 1).await;
             // Data objects first, durably: the record lists them.
             backend.flush().await?;
+            pacer.op().await;
             backend
                 .operate(&layout::epoch_object(&id, g), WriteOp::remove())
                 .await?;
@@ -153,59 +188,33 @@ impl Image {
         st.deltas.get(&e).cloned()
     }
 
-    /// Grains of each hidden epoch that nothing needs any more: every view
-    /// (the head, a snapshot) whose path passes through the epoch meets a
-    /// newer version first, and so does every diff base (snapshot or
-    /// bookmark) below it. A diff from base X to view V unions the deltas on
-    /// the paths from X and V up to their common ancestor; since X and V are
-    /// both below any epoch on those paths, a grain dropped from one epoch's
-    /// delta is still in the delta of a lower epoch on the same path, and the
-    /// lowest such epoch is a base or a view, whose delta is never trimmed.
-    /// Children are visited before parents (a parent's number is smaller).
-    fn dead_grains(&self, header: &HeaderRecord) -> BTreeMap<Epoch, RoaringTreemap> {
-        let views: BTreeSet<Epoch> = std::iter::once(header.head)
-            .chain(header.snapshots.iter().map(|s| s.epoch))
-            .collect();
-        let bookmarked: BTreeSet<Epoch> = header.bookmarks.iter().map(|b| b.epoch).collect();
-        // Per epoch: grains that every view and base in its subtree finds at
-        // or below it; absent when none passes through it.
-        let mut below: BTreeMap<Epoch, RoaringTreemap> = BTreeMap::new();
-        let mut dead = BTreeMap::new();
-        for (&e, _) in header.epochs.iter().rev() {
-            let shadowed = intersect(
-                header
-                    .epochs
-                    .iter()
-                    .filter(|(_, m)| m.parent == Some(e))
-                    .filter_map(|(c, _)| below.get(c)),
-            );
-            let Some(delta) = self.delta_of(e) else {
-                continue;
-            };
-            let mut own = delta.data.clone();
-            own |= &delta.zero;
-            if views.contains(&e) {
-                below.insert(e, own);
-                continue;
+    /// What `dead_grains` reads, copied under the state mutex: the sealed
+    /// deltas (shared) and the head's own grains (copied, so that no write
+    /// has to clone the head delta while the reclaimer holds it), plus the
+    /// number of grains involved.
+    fn lineage_copy(
+        &self,
+        header: &HeaderRecord,
+    ) -> (HashMap<Epoch, Arc<EpochDelta>>, RoaringTreemap, u64) {
+        let st = self.state();
+        let mut grains = 0;
+        let mut deltas = HashMap::new();
+        for e in header.epochs.keys() {
+            if let Some(d) = st.deltas.get(e) {
+                grains += d.data.len() + d.zero.len();
+                deltas.insert(*e, d.clone());
             }
-            let Some(shadowed) = shadowed else {
-                if bookmarked.contains(&e) {
-                    below.insert(e, own);
-                }
-                continue;
-            };
-            // A bookmarked epoch keeps its whole delta (its data grains are
-            // punched but stay listed), so bases below see only that.
-            if !bookmarked.contains(&e) {
-                own |= &shadowed;
-            }
-            below.insert(e, own);
-            dead.insert(e, shadowed);
         }
-        dead
+        let head_own = st
+            .chain
+            .links
+            .first()
+            .map(|l| &l.delta.data | &l.delta.zero)
+            .unwrap_or_default();
+        (deltas, head_own, grains + head_own_len(&st.chain))
     }
 
-    async fn trim_hidden(&self) -> Result<()> {
+    async fn trim_hidden(&self, pacer: &Pacer) -> Result<()> {
         let header = self.header();
         let pinned: BTreeSet<Epoch> = header.snapshots.iter().map(|s| s.epoch).collect();
         let hidden: Vec<Epoch> = header
@@ -217,123 +226,93 @@ impl Image {
         if hidden.is_empty() {
             return Ok(());
         }
-        let dead = self.dead_grains(&header);
+        let (deltas, head_own, grains) = self.lineage_copy(&header);
+        let h = header.clone();
+        let mut dead = cpu(grains, move || dead_grains(&h, &deltas, head_own)).await?;
         // A newer version must be durable before the grain it hides goes.
         self.inner.backend.flush().await?;
+        let bookmarked: BTreeSet<Epoch> = header.bookmarks.iter().map(|b| b.epoch).collect();
         let mut spliced = false;
         for e in hidden {
-            let (Some(ed), Some(dead)) = (self.delta_of(e), dead.get(&e)) else {
+            let (Some(ed), Some(dead)) = (self.delta_of(e), dead.remove(&e)) else {
                 continue;
             };
-            let bookmarked = self.header().bookmarks.iter().any(|b| b.epoch == e);
-            let mut mine = &ed.data - &ed.reclaimed;
-            if !bookmarked {
-                mine |= &ed.zero;
-            }
-            let superseded = &mine & dead;
-            let mut trimmed = (*ed).clone();
-            if !superseded.is_empty() {
-                trimmed = self.punch(e, &ed, &superseded, bookmarked).await?;
-            }
-            if !bookmarked && trimmed.data.is_empty() && trimmed.zero.is_empty() {
+            let keep_delta = bookmarked.contains(&e);
+            let empty = self.punch(e, ed, dead, keep_delta, pacer).await?;
+            if !keep_delta && empty {
                 self.splice(e).await?;
                 spliced = true;
             }
         }
         if spliced {
-            self.delete_garbage().await?;
+            self.delete_garbage(pacer).await?;
         }
         Ok(())
     }
 
-    /// Punches `superseded` grains out of hidden epoch `e`, rewriting its record.
-    /// A bookmarked epoch keeps its delta (diffs from the bookmark need it)
-    /// and records the freed grains in `reclaimed` instead.
+    /// Punches the grains of hidden epoch `e` that are in `dead` (and still
+    /// its own), rewriting its record; says whether `e` holds nothing any
+    /// more. A bookmarked epoch keeps its delta (diffs from the bookmark
+    /// need it) and records the freed grains in `reclaimed` instead.
     async fn punch(
         &self,
         e: Epoch,
-        ed: &EpochDelta,
-        superseded: &RoaringTreemap,
+        ed: Arc<EpochDelta>,
+        dead: RoaringTreemap,
         keep_delta: bool,
-    ) -> Result<EpochDelta> {
-        let geo = self.inner.geo;
-        let gs = geo.grain_size;
-        let gpo = u64::from(geo.grains_per_object());
-        let id = self.inner.id.clone();
+        pacer: &Pacer,
+    ) -> Result<bool> {
+        let parent = self.state().header.epochs.get(&e).and_then(|m| m.parent);
+        let (geo, id) = (self.inner.geo, self.inner.id.clone());
+        let grains = ed.data.len() + ed.zero.len();
+        let already_empty = grains == 0;
+        let plan = cpu(grains, move || {
+            punch_plan(geo, &id, e, parent, &ed, &dead, keep_delta)
+        })
+        .await??;
+        let Some(PunchPlan {
+            trimmed,
+            ops,
+            record,
+        }) = plan
+        else {
+            return Ok(already_empty);
+        };
         let backend = self.inner.backend.clone();
-        let mut trimmed = ed.clone();
-        trimmed.data -= superseded;
-        trimmed.data -= &ed.reclaimed;
-        trimmed.zero -= superseded;
-        let gone_data = &ed.data & superseded;
-        let mut ops = Vec::new();
-        for o in ed.touched.iter() {
-            let first = o * gpo;
-            let remaining = trimmed.data.range_cardinality(first..first + gpo);
-            let oid = layout::data_object(&id, ObjectNo(o), e);
-            if remaining == 0 {
-                trimmed.touched.remove(o);
-                ops.push((oid, WriteOp::remove()));
-                continue;
-            }
-            let mut it = gone_data.iter();
-            it.advance_to(first);
-            let gone: Vec<u64> = it.take_while(|g| *g < first + gpo).collect();
-            if gone.is_empty() {
-                continue;
-            }
-            let mut op = WriteOp::new();
-            let mut keys = Vec::with_capacity(gone.len());
-            let mut i = 0;
-            while i < gone.len() {
-                let mut j = i + 1;
-                while j < gone.len() && gone[j] == gone[j - 1] + 1 {
-                    j += 1;
-                }
-                op = op.action(Action::Zero {
-                    offset: (gone[i] - first) * gs,
-                    len: (j - i) as u64 * gs,
-                });
-                i = j;
-            }
-            for g in gone {
-                keys.push(layout::grain_key((g - first) as u32));
-            }
-            ops.push((oid, op.action(Action::OmapRemove(keys))));
-        }
-        let n_ops = ops.len();
         stream::iter(ops)
             .map(|(oid, op)| {
                 let backend = backend.clone();
-                async move { backend.operate(&oid, op).await.or_absent().map(|_| ()) }
+                async move {
+                    pacer.op().await;
+                    backend.operate(&oid, op).await.or_absent().map(|_| ())
+                }
             })
             .buffer_unordered(DELETE_PARALLELISM)
             .try_collect::<Vec<()>>()
             .await?;
-        self.throttle_reclaim(n_ops + 1).await;
-        if keep_delta {
-            let mut kept = ed.clone();
-            kept.reclaimed |= &gone_data;
-            kept.touched = trimmed.touched.clone();
-            trimmed = kept;
-        }
-        let parent = self.header().epochs.get(&e).and_then(|m| m.parent);
+        pacer.op().await;
         backend
             .operate(
-                &layout::epoch_object(&id, e),
-                WriteOp::new().write_full(Bytes::from(trimmed.encode(&id, e, parent)?)),
+                &layout::epoch_object(&self.inner.id, e),
+                WriteOp::new().write_full(record),
             )
             .await?;
-        let trimmed_arc = Arc::new(trimmed.clone());
+        let empty = trimmed.data.is_empty() && trimmed.zero.is_empty();
+        let trimmed = Arc::new(trimmed);
+        let id = &self.inner.id;
         let mut st = self.state();
-        st.deltas.insert(e, trimmed_arc.clone());
+        st.deltas.insert(e, trimmed.clone());
         let chain = &mut st.chain;
         for l in &mut chain.links {
-            if chain.sources.get(l.source as usize) == Some(&(id.clone(), e)) {
-                l.delta = trimmed_arc.clone();
+            if chain
+                .sources
+                .get(l.source as usize)
+                .is_some_and(|(i, x)| i == id && *x == e)
+            {
+                l.delta = trimmed.clone();
             }
         }
-        Ok(trimmed)
+        Ok(empty)
     }
 
     /// Removes empty hidden epoch `e` from the lineage (its children inherit
@@ -382,6 +361,168 @@ impl Image {
         }
         self.flush_committed().await
     }
+}
+
+fn head_own_len(chain: &crate::lineage::Chain) -> u64 {
+    chain
+        .links
+        .first()
+        .map_or(0, |l| l.delta.data.len() + l.delta.zero.len())
+}
+
+/// Grains of each hidden epoch that nothing needs any more: every view
+/// (the head, a snapshot) whose path passes through the epoch meets a
+/// newer version first, and so does every diff base (snapshot or
+/// bookmark) below it. A diff from base X to view V unions the deltas on
+/// the paths from X and V up to their common ancestor; since X and V are
+/// both below any epoch on those paths, a grain dropped from one epoch's
+/// delta is still in the delta of a lower epoch on the same path, and the
+/// lowest such epoch is a base or a view, whose delta is never trimmed.
+/// Children are visited before parents (a parent's number is smaller).
+/// Pure CPU over a copy of the lineage (`Image::lineage_copy`), so it can
+/// run off the runtime's workers.
+fn dead_grains(
+    header: &HeaderRecord,
+    deltas: &HashMap<Epoch, Arc<EpochDelta>>,
+    head_own: RoaringTreemap,
+) -> BTreeMap<Epoch, RoaringTreemap> {
+    let views: BTreeSet<Epoch> = std::iter::once(header.head)
+        .chain(header.snapshots.iter().map(|s| s.epoch))
+        .collect();
+    let bookmarked: BTreeSet<Epoch> = header.bookmarks.iter().map(|b| b.epoch).collect();
+    let mut children: HashMap<Epoch, Vec<Epoch>> = HashMap::new();
+    for (c, m) in &header.epochs {
+        if let Some(p) = m.parent {
+            children.entry(p).or_default().push(*c);
+        }
+    }
+    let mut head_own = Some(head_own);
+    // Per epoch: grains that every view and base in its subtree finds at
+    // or below it; absent when none passes through it. A child's entry is
+    // taken by its (only) parent.
+    let mut below: HashMap<Epoch, RoaringTreemap> = HashMap::new();
+    let mut dead = BTreeMap::new();
+    for &e in header.epochs.keys().rev() {
+        let kids: Vec<RoaringTreemap> = children
+            .get(&e)
+            .map(|cs| cs.iter().filter_map(|c| below.remove(c)).collect())
+            .unwrap_or_default();
+        let shadowed = intersect(kids.iter());
+        let mut own = if e == header.head {
+            match head_own.take() {
+                Some(own) => own,
+                None => continue,
+            }
+        } else {
+            match deltas.get(&e) {
+                Some(d) => &d.data | &d.zero,
+                None => continue,
+            }
+        };
+        if views.contains(&e) {
+            below.insert(e, own);
+            continue;
+        }
+        let Some(shadowed) = shadowed else {
+            if bookmarked.contains(&e) {
+                below.insert(e, own);
+            }
+            continue;
+        };
+        // A bookmarked epoch keeps its whole delta (its data grains are
+        // punched but stay listed), so bases below see only that.
+        if !bookmarked.contains(&e) {
+            own |= &shadowed;
+        }
+        below.insert(e, own);
+        dead.insert(e, shadowed);
+    }
+    dead
+}
+
+/// What a punch of one hidden epoch does.
+struct PunchPlan {
+    /// The epoch's delta afterwards.
+    trimmed: EpochDelta,
+    /// One op per data object: zero runs and drop grain keys, or remove.
+    ops: Vec<(String, WriteOp)>,
+    /// The rewritten record.
+    record: Bytes,
+}
+
+/// Plans the punch of hidden epoch `e`'s grains in `dead` (`None`: none of
+/// them is still its own). Pure CPU.
+fn punch_plan(
+    geo: Geometry,
+    id: &ImageId,
+    e: Epoch,
+    parent: Option<Epoch>,
+    ed: &EpochDelta,
+    dead: &RoaringTreemap,
+    keep_delta: bool,
+) -> Result<Option<PunchPlan>> {
+    let mut mine = &ed.data - &ed.reclaimed;
+    if !keep_delta {
+        mine |= &ed.zero;
+    }
+    let superseded = mine & dead;
+    if superseded.is_empty() {
+        return Ok(None);
+    }
+    let gs = geo.grain_size;
+    let gpo = u64::from(geo.grains_per_object());
+    let mut trimmed = ed.clone();
+    trimmed.data -= &superseded;
+    trimmed.data -= &ed.reclaimed;
+    trimmed.zero -= &superseded;
+    let gone_data = &ed.data & &superseded;
+    let mut ops = Vec::new();
+    for o in ed.touched.iter() {
+        let first = o * gpo;
+        let remaining = trimmed.data.range_cardinality(first..first + gpo);
+        let oid = layout::data_object(id, ObjectNo(o), e);
+        if remaining == 0 {
+            trimmed.touched.remove(o);
+            ops.push((oid, WriteOp::remove()));
+            continue;
+        }
+        let mut it = gone_data.iter();
+        it.advance_to(first);
+        let gone: Vec<u64> = it.take_while(|g| *g < first + gpo).collect();
+        if gone.is_empty() {
+            continue;
+        }
+        let mut op = WriteOp::new();
+        let mut i = 0;
+        while i < gone.len() {
+            let mut j = i + 1;
+            while j < gone.len() && gone[j] == gone[j - 1] + 1 {
+                j += 1;
+            }
+            op = op.action(Action::Zero {
+                offset: (gone[i] - first) * gs,
+                len: (j - i) as u64 * gs,
+            });
+            i = j;
+        }
+        let keys = gone
+            .iter()
+            .map(|g| layout::grain_key((g - first) as u32))
+            .collect();
+        ops.push((oid, op.action(Action::OmapRemove(keys))));
+    }
+    if keep_delta {
+        let mut kept = ed.clone();
+        kept.reclaimed |= &gone_data;
+        kept.touched = trimmed.touched;
+        trimmed = kept;
+    }
+    let record = Bytes::from(trimmed.encode(id, e, parent)?);
+    Ok(Some(PunchPlan {
+        trimmed,
+        ops,
+        record,
+    }))
 }
 
 /// The intersection of some bitmaps; `None` for none at all.

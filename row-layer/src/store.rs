@@ -633,6 +633,7 @@ impl Store {
                 view,
                 cookie,
                 gate: tokio::sync::RwLock::new(()),
+                grace: Default::default(),
                 ranges: RangeLock::default(),
                 state: Mutex::new(state),
                 poisoned: Mutex::new(None),

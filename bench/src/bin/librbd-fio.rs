@@ -11,7 +11,7 @@
 //! ```sh
 //! tests/ceph/cluster.sh start && eval "$(tests/ceph/cluster.sh env)"
 //! cargo build --release -p rbd-row-librbd
-//! cargo run --release -p rbd-row-bench --bin librbd-fio -- --size 1G
+//! cargo run --release -p rbd-row-bench --bin librbd-fio -- --size-mib 1024
 //! ```
 
 use anyhow::{bail, Context};
@@ -116,8 +116,8 @@ impl Bench {
         self.fio(s, rw, &extra)
     }
 
-    /// Median IOPS of both systems over the rounds, alternating order.
-    fn measure(&self, rw: &str) -> anyhow::Result<(f64, f64)> {
+    /// IOPS of both systems over the rounds, alternating order.
+    fn measure(&self, rw: &str) -> anyhow::Result<Sample> {
         let (mut n, mut r) = (Vec::new(), Vec::new());
         for round in 0..self.args.rounds {
             let order = if round % 2 == 0 {
@@ -134,13 +134,43 @@ impl Bench {
                 }
             }
         }
-        Ok((median(n), median(r)))
+        Ok(Sample { native: n, row: r })
     }
 }
 
-fn median(mut v: Vec<f64>) -> f64 {
+/// One workload's IOPS per round, in round order.
+struct Sample {
+    native: Vec<f64>,
+    row: Vec<f64>,
+}
+
+impl Sample {
+    /// Ratio of the medians, and the lowest and highest ratio of one
+    /// round's ROW run to the same round's native run.
+    fn ratios(&self) -> (f64, f64, f64) {
+        let per: Vec<f64> = self
+            .row
+            .iter()
+            .zip(&self.native)
+            .map(|(r, n)| r / n)
+            .collect();
+        let lo = per.iter().copied().fold(f64::INFINITY, f64::min);
+        let hi = per.iter().copied().fold(0.0, f64::max);
+        (median(&self.row) / median(&self.native), lo, hi)
+    }
+}
+
+fn median(v: &[f64]) -> f64 {
+    let mut v = v.to_vec();
     v.sort_by(f64::total_cmp);
     v[v.len() / 2]
+}
+
+/// "median (min-max)" of IOPS.
+fn spread(v: &[f64]) -> String {
+    let lo = v.iter().copied().fold(f64::INFINITY, f64::min);
+    let hi = v.iter().copied().fold(0.0, f64::max);
+    format!("{:.0} ({lo:.0}-{hi:.0})", median(v))
 }
 
 fn rbd(args: &[&str]) -> anyhow::Result<()> {
@@ -268,16 +298,18 @@ async fn run(b: &Bench, store: &Store) -> anyhow::Result<()> {
         }
     }
     let w64 = b.measure("randwrite")?;
-    println!("fio rbd engine, 4 KiB, iodepth 16, rbd_cache=false, {} MiB images, {} s x {} rounds (median)", b.args.size_mib, b.args.runtime, b.args.rounds);
-    println!("workload   snapshots  native_iops  row_iops  ratio  target  verdict");
-    for (name, snaps, (n, r), target) in [
+    println!("fio rbd engine, 4 KiB, iodepth 16, rbd_cache=false, {} MiB images, {} s x {} rounds (median; ratio = ROW median / native median)", b.args.size_mib, b.args.runtime, b.args.rounds);
+    println!("workload   snapshots  native_iops (min-max)  row_iops (min-max)  ratio  round ratios  target  verdict");
+    for (name, snaps, s, target) in [
         ("randwrite", 0, w0, 0.9),
         ("randwrite", b.args.snapshots, w64, 2.0),
         ("randread", 0, r0, 0.9),
     ] {
-        let ratio = r / n;
+        let (ratio, lo, hi) = s.ratios();
         println!(
-            "{name:<10} {snaps:>9}  {n:>11.0}  {r:>8.0}  {ratio:>5.2}  {target:>5.1}x  {}",
+            "{name:<10} {snaps:>9}  {:>21}  {:>18}  {ratio:>5.2}  {lo:>5.2}-{hi:<5.2}  {target:>5.1}x  {}",
+            spread(&s.native),
+            spread(&s.row),
             verdict(ratio, target)
         );
     }

@@ -7,6 +7,15 @@
 //! alternating with the rolling image, so machine drift hits both; the
 //! figures printed are ratios (round N / round 10, and image / control).
 //! The in-memory backend isolates the engine's own cost from RADOS.
+//!
+//! The reclaimer is settled before every timed window: after the round's
+//! snapshot create and remove, `Image::reclaim` runs the pass and is timed
+//! on its own (its own column), so no background pass lands among the
+//! timed writes. Each printed figure covers the `--window` rounds ending
+//! at that round (CPU per write: the median round, measured as the
+//! thread's own CPU time; the rest: means); the baseline is the window
+//! starting at round 10. Pick `--window` dividing `rounds - 10` so that
+//! the last window ends at the last round.
 
 use anyhow::Result;
 use bytes::Bytes;
@@ -33,6 +42,9 @@ struct Args {
     /// Print a row every this many rounds.
     #[arg(long, default_value_t = 1000)]
     every: u64,
+    /// Rounds averaged per printed figure.
+    #[arg(long, default_value_t = 10)]
+    window: u64,
 }
 
 struct Side {
@@ -66,19 +78,102 @@ async fn stored(mem: &MemBackend) -> Result<(u64, u64)> {
     Ok((objects.len() as u64, grains))
 }
 
-/// One round's writes; returns (backend ops per write, microseconds per write).
-async fn writes(s: &Side, rng: &mut SmallRng, n: u64, size: u64) -> Result<(f64, f64)> {
+/// CPU time this thread has run, in ns (`CLOCK_THREAD_CPUTIME_ID`): the
+/// runtime is single-threaded and the in-memory backend synchronous, so
+/// this is the engine's and the backend's CPU, without the time the thread
+/// waited for a core on a busy machine. (`/proc/thread-self/schedstat`
+/// only advances at scheduler ticks: most rounds read 0.)
+fn thread_cpu_ns() -> Result<u64> {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: `ts` is a valid, writable timespec for the call's duration.
+    let rc = unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut ts) };
+    anyhow::ensure!(
+        rc == 0,
+        "clock_gettime: {}",
+        std::io::Error::last_os_error()
+    );
+    Ok(ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64)
+}
+
+/// One round's writes and a flush (both sides make their writes durable,
+/// so the in-memory backend's cost of applying them to its durable copy is
+/// in both windows, and its queue of unflushed ops stays bounded); returns
+/// (backend ops per write, CPU microseconds per write, wall microseconds
+/// per write).
+async fn writes(s: &Side, rng: &mut SmallRng, n: u64, size: u64) -> Result<(f64, f64, f64)> {
     let before = s.fault.counts();
     let t = Instant::now();
+    let cpu = thread_cpu_ns()?;
     for _ in 0..n {
         let off = rng.gen_range(0..size / 4096) * 4096;
         s.img
             .write(off, Bytes::from(vec![rng.gen::<u8>(); 4096]))
             .await?;
     }
+    s.img.flush().await?;
+    let cpu_us = (thread_cpu_ns()? - cpu) as f64 / 1e3 / n as f64;
     let us = t.elapsed().as_secs_f64() * 1e6 / n as f64;
     let ops = (s.fault.counts() - before).total() as f64 / n as f64;
-    Ok((ops, us))
+    Ok((ops, cpu_us, us))
+}
+
+/// Per-round figures, summed over a window.
+#[derive(Default, Clone, Copy)]
+struct Acc {
+    n: f64,
+    ops: f64,
+    us: f64,
+    control_us: f64,
+    wall_us: f64,
+    control_wall_us: f64,
+    snap_us: f64,
+    reclaim_us: f64,
+}
+
+impl Acc {
+    fn add(
+        &mut self,
+        ops: f64,
+        (us, cus): (f64, f64),
+        (wall, cwall): (f64, f64),
+        snap_us: f64,
+        reclaim_us: f64,
+    ) {
+        self.n += 1.0;
+        self.ops += ops;
+        self.us += us;
+        self.control_us += cus;
+        self.wall_us += wall;
+        self.control_wall_us += cwall;
+        self.snap_us += snap_us;
+        self.reclaim_us += reclaim_us;
+    }
+    fn mean(&self) -> Acc {
+        let n = self.n.max(1.0);
+        Acc {
+            n: self.n,
+            ops: self.ops / n,
+            us: self.us / n,
+            control_us: self.control_us / n,
+            wall_us: self.wall_us / n,
+            control_wall_us: self.control_wall_us / n,
+            snap_us: self.snap_us / n,
+            reclaim_us: self.reclaim_us / n,
+        }
+    }
+}
+
+fn median(xs: impl Iterator<Item = f64>) -> f64 {
+    let mut v: Vec<f64> = xs.collect();
+    v.sort_by(f64::total_cmp);
+    match v.len() {
+        0 => f64::NAN,
+        n if n % 2 == 1 => v[n / 2],
+        n => (v[n / 2 - 1] + v[n / 2]) / 2.0,
+    }
 }
 
 #[tokio::main(flavor = "current_thread")]
@@ -88,34 +183,75 @@ async fn main() -> Result<()> {
     let image = side(size).await?;
     let control = side(size).await?;
     let mut rng = SmallRng::seed_from_u64(1);
-    let mut base: Option<(f64, f64, f64)> = None;
-    println!(
-        "| round | ops/write | µs/write | µs/write control | image/control | vs round 10 (ops, µs ratio; target ≤ 1.05) | epochs | data objects | stored grains | control grains |"
+    let mut base: Option<Acc> = None;
+    let mut acc = Acc::default();
+    let mut cpu_rounds: Vec<(f64, f64)> = Vec::new();
+    anyhow::ensure!(
+        a.window > 0 && a.every > 0,
+        "--window and --every must be positive"
     );
-    println!("|---|---|---|---|---|---|---|---|---|---|");
+    let started = Instant::now();
+    println!(
+        "# rolling-mem: {} rounds, {} random 4 KiB writes/round on {} MiB, create n / remove n-5; figures are over the {} rounds ending at the round (CPU: the median round; the rest: means), against the first such window (rounds 10 to {})",
+        a.rounds, a.writes, a.size_mib, a.window, 9 + a.window
+    );
+    println!(
+        "| round | ops/write | CPU µs/write | CPU µs/write control | image/control | vs baseline: ops/write, CPU µs/write, image/control (target ≤ 1.05) | wall µs/write (image, control) | snap create+remove µs | reclaim µs (untimed) | epochs | data objects | stored grains | control grains | elapsed s |"
+    );
+    println!("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|");
     for r in 0..a.rounds {
+        let t = Instant::now();
         image.img.snap_create(&format!("s{r}")).await?;
         if r >= 5 {
             image.img.snap_remove(&format!("s{}", r - 5)).await?;
         }
-        let (ops, us) = writes(&image, &mut rng, a.writes, size).await?;
-        let (_, cus) = writes(&control, &mut rng, a.writes, size).await?;
-        let ratio = us / cus;
-        if r == 10 {
-            base = Some((ops, us, ratio));
+        let snap_us = t.elapsed().as_secs_f64() * 1e6;
+        // Settle the reclaimer outside the timed window.
+        let t = Instant::now();
+        image.img.reclaim().await?;
+        let reclaim_us = t.elapsed().as_secs_f64() * 1e6;
+        let (ops, us, wall) = writes(&image, &mut rng, a.writes, size).await?;
+        let (_, cus, cwall) = writes(&control, &mut rng, a.writes, size).await?;
+        if r < 10 {
+            continue;
         }
-        if r == 10 || (r + 1) % a.every == 0 || r + 1 == a.rounds {
-            image.img.reclaim().await?;
-            let (bops, _, bratio) = base.unwrap_or((ops, us, ratio));
-            let epochs = image.img.header().epochs.len();
-            let (objects, grains) = stored(&image.mem).await?;
-            let (_, control_grains) = stored(&control.mem).await?;
-            println!(
-                "| {r} | {ops:.3} | {us:.1} | {cus:.1} | {ratio:.2} | {:.3}, {:.2} | {epochs} | {objects} | {grains} | {control_grains} |",
-                ops / bops,
-                ratio / bratio,
-            );
+        acc.add(ops, (us, cus), (wall, cwall), snap_us, reclaim_us);
+        cpu_rounds.push((us, cus));
+        // Windows are rounds [10 + k·w, 10 + (k+1)·w); the first is the baseline.
+        if (r + 1 - 10) % a.window != 0 {
+            continue;
         }
+        let mut m = acc.mean();
+        acc = Acc::default();
+        // CPU: the median round, so one preempted or cache-cold round on a
+        // shared machine does not move the window.
+        m.us = median(cpu_rounds.iter().map(|c| c.0));
+        m.control_us = median(cpu_rounds.iter().map(|c| c.1));
+        cpu_rounds.clear();
+        let first = base.is_none();
+        let b = *base.get_or_insert(m);
+        let crossed = (r + 1) / a.every > (r + 1 - a.window) / a.every;
+        if !(first || crossed || r + a.window >= a.rounds) {
+            continue;
+        }
+        let epochs = image.img.header().epochs.len();
+        let (objects, grains) = stored(&image.mem).await?;
+        let (_, control_grains) = stored(&control.mem).await?;
+        println!(
+            "| {r} | {:.3} | {:.1} | {:.1} | {:.2} | {:.3}, {:.3}, {:.3} | {:.1}, {:.1} | {:.0} | {:.0} | {epochs} | {objects} | {grains} | {control_grains} | {:.0} |",
+            m.ops,
+            m.us,
+            m.control_us,
+            m.us / m.control_us,
+            m.ops / b.ops,
+            m.us / b.us,
+            (m.us / m.control_us) / (b.us / b.control_us),
+            m.wall_us,
+            m.control_wall_us,
+            m.snap_us,
+            m.reclaim_us,
+            started.elapsed().as_secs_f64(),
+        );
     }
     Ok(())
 }

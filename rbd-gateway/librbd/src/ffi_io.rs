@@ -19,7 +19,7 @@ use std::ffi::{c_char, c_int, c_void};
 use std::sync::Arc;
 
 /// librbd's clip: the length to use, or `-EINVAL` past the end.
-fn clip(size: u64, off: u64, len: u64) -> Result<u64, i32> {
+pub(crate) fn clip(size: u64, off: u64, len: u64) -> Result<u64, i32> {
     if len == 0 {
         return Ok(0);
     }
@@ -69,14 +69,14 @@ async fn row_read(img: Image, off: u64, len: u64, bufs: Vec<Buf>) -> row_layer::
 }
 
 /// What a write-type request does.
-enum Op {
+pub(crate) enum Op {
     Write(Bytes),
     Discard(u64),
     Zero(u64),
 }
 
 /// Applies `op` at `off` to the head; the clipped length.
-async fn row_write(r: Arc<RowImage>, off: u64, op: Op) -> row_layer::Result<isize> {
+pub(crate) async fn row_write(r: Arc<RowImage>, off: u64, op: Op) -> row_layer::Result<isize> {
     let head = match r.writable() {
         Ok(h) => h,
         Err(e) => return Ok(e as isize),
@@ -92,6 +92,7 @@ async fn row_write(r: Arc<RowImage>, off: u64, op: Op) -> row_layer::Result<isiz
     if len == 0 {
         return Ok(0);
     }
+    let _shared = r.cas.read().await;
     match op {
         Op::Write(b) => head.write(off, b.slice(..len as usize)).await?,
         Op::Discard(_) => head.discard(off, len).await?,
@@ -109,7 +110,7 @@ async fn row_flush(r: Arc<RowImage>) -> row_layer::Result<isize> {
 }
 
 /// Runs a synchronous ROW call to its end.
-fn sync(
+pub(crate) fn sync(
     fut: impl std::future::Future<Output = row_layer::Result<isize>> + Send + 'static,
 ) -> isize {
     run(fut).unwrap_or_else(|e| e as isize)
@@ -292,7 +293,7 @@ pub unsafe extern "C" fn rbd_flush(image: *mut c_void) -> c_int {
 ///
 /// # Safety
 /// `c` from `rbd_aio_create_completion`, not released.
-unsafe fn submit_row<F>(r: Arc<RowImage>, c: *mut c_void, fut: F) -> c_int
+pub(crate) unsafe fn submit_row<F>(r: Arc<RowImage>, c: *mut c_void, fut: F) -> c_int
 where
     F: std::future::Future<Output = row_layer::Result<isize>> + Send + 'static,
 {
@@ -330,7 +331,7 @@ unsafe extern "C" fn forward_done(nc: *mut c_void, arg: *mut c_void) {
 ///
 /// # Safety
 /// `c` from `rbd_aio_create_completion`; `call` submits to librbd.
-unsafe fn submit_native(
+pub(crate) unsafe fn submit_native(
     n: Arc<NativeImage>,
     c: *mut c_void,
     call: impl FnOnce(*mut c_void, *mut c_void) -> c_int,

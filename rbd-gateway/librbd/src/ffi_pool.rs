@@ -104,6 +104,44 @@ pub unsafe extern "C" fn rbd_list2(
     0
 }
 
+/// `rbd_list`: the names of native and ROW images, each NUL-terminated,
+/// one after another; the bytes used. `-ERANGE` with `*size` set to the
+/// bytes needed when the buffer is smaller.
+///
+/// # Safety
+/// As librbd: `io` valid; `names` has room for `*size` bytes.
+#[no_mangle]
+pub unsafe extern "C" fn rbd_list(io: *mut c_void, names: *mut c_char, size: *mut usize) -> c_int {
+    if size.is_null() {
+        return -libc::EINVAL;
+    }
+    // SAFETY: per the contract.
+    let all = match unsafe { list_all(io) } {
+        Ok(v) => v,
+        Err(e) => return e,
+    };
+    let need: usize = all.iter().map(|(_, n)| n.len() + 1).sum();
+    // SAFETY: valid pointer per the contract.
+    if unsafe { *size } < need {
+        // SAFETY: valid pointer per the contract.
+        unsafe { *size = need };
+        return -libc::ERANGE;
+    }
+    if names.is_null() {
+        return -libc::EINVAL;
+    }
+    let mut pos = 0;
+    for (_, n) in &all {
+        // SAFETY: pos + n.len() + 1 <= need <= *size bytes of the buffer.
+        unsafe {
+            std::ptr::copy_nonoverlapping(n.as_ptr(), names.add(pos).cast(), n.len());
+            *names.add(pos + n.len()) = 0;
+        }
+        pos += n.len() + 1;
+    }
+    need as c_int
+}
+
 /// (id, name) of every image, native and ROW, sorted by name.
 ///
 /// # Safety

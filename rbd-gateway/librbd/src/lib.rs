@@ -16,8 +16,9 @@
 //! * `handle`: which `rbd_image_t` is which kind of image;
 //! * `row_image`: an open ROW image; `pool`: a `rados_ioctx_t` as a store;
 //! * `completion`, `events`: `rbd_completion_t`, and notification/polling;
-//! * `ffi_pool`, `ffi_io`, `ffi_image`, `ffi_snap`, `ffi_diff`: the C
-//!   functions, by area.
+//! * `ffi_pool`, `ffi_io`, `ffi_special` (write-same, compare-and-write),
+//!   `ffi_image`, `ffi_snap`, `ffi_snap_info` (lookups by id), `ffi_diff`:
+//!   the C functions, by area.
 
 #![allow(unreachable_pub)]
 #![warn(clippy::unwrap_used)]
@@ -30,6 +31,8 @@ pub mod ffi_image;
 pub mod ffi_io;
 pub mod ffi_pool;
 pub mod ffi_snap;
+pub mod ffi_snap_info;
+pub mod ffi_special;
 pub mod forward;
 pub mod handle;
 pub mod native;

@@ -18,6 +18,10 @@ pub struct RowImage {
     pub(crate) head: Option<Image>,
     view: RwLock<(Image, Option<String>)>,
     pub(crate) events: Events,
+    /// Shared by every write, exclusive for a compare-and-write, so that
+    /// no write of this handle lands between its compare and its write
+    /// (librbd gets that from one RADOS op; the image has one writer).
+    pub(crate) cas: tokio::sync::RwLock<()>,
 }
 
 impl RowImage {
@@ -37,6 +41,7 @@ impl RowImage {
             head,
             view: RwLock::new((view, snap)),
             events: Events::default(),
+            cas: tokio::sync::RwLock::new(()),
         })
     }
 

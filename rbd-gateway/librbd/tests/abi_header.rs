@@ -29,6 +29,7 @@ fn c_type(t: &str) -> String {
             "isize" => "ssize_t",
             "bool" => "bool",
             "libc::iovec" => "struct iovec",
+            "libc::timespec" => "struct timespec",
             "RbdImageInfo" => "rbd_image_info_t",
             "RbdImageSpec" => "rbd_image_spec_t",
             "RbdSnapInfo" => "rbd_snap_info_t",

@@ -6,6 +6,7 @@
 //! mutations, chosen by a seed: exactly the durability model of the backend
 //! contract, and a harsher one than RADOS (where nothing completed is lost).
 
+use super::sparse::SparseData;
 use super::{Action, Backend, LockOwner, Notification, ObjectStat, Watch, WriteOp};
 use crate::error::{Error, Result};
 use bytes::Bytes;
@@ -19,7 +20,7 @@ use std::time::Duration;
 /// One object as the in-memory backend holds it.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub(crate) struct MemObject {
-    pub(crate) data: Vec<u8>,
+    pub(crate) data: SparseData,
     pub(crate) omap: BTreeMap<String, Bytes>,
     pub(crate) xattrs: BTreeMap<String, Bytes>,
     pub(crate) version: u64,
@@ -168,25 +169,18 @@ fn apply_action(obj: &mut Option<MemObject>, a: &Action) {
     let o = obj.get_or_insert_with(MemObject::default);
     match a {
         Action::Create | Action::Remove => {}
-        Action::Write { offset, data } => {
-            let off = *offset as usize;
-            let end = off + data.len();
-            if o.data.len() < end {
-                o.data.resize(end, 0);
-            }
-            o.data[off..end].copy_from_slice(data);
-        }
-        Action::WriteFull(data) => o.data = data.to_vec(),
+        Action::Write { offset, data } => o.data.write(*offset as usize, data),
+        Action::WriteFull(data) => o.data = SparseData::from_slice(data),
         Action::Zero { offset, len } => {
             let (off, len) = (*offset as usize, *len as usize);
             if off >= o.data.len() {
             } else if off + len >= o.data.len() {
-                o.data.truncate(off);
+                o.data.resize(off);
             } else {
-                o.data[off..off + len].fill(0);
+                o.data.zero(off, off + len);
             }
         }
-        Action::Truncate(size) => o.data.resize(*size as usize, 0),
+        Action::Truncate(size) => o.data.resize(*size as usize),
         Action::OmapSet(kvs) => {
             for (k, v) in kvs {
                 o.omap.insert(k.clone(), v.clone());
@@ -225,7 +219,7 @@ impl Backend for MemBackend {
             let end = start
                 .saturating_add(usize::try_from(len).unwrap_or(usize::MAX))
                 .min(o.data.len());
-            Ok(Bytes::copy_from_slice(&o.data[start..end]))
+            Ok(Bytes::from(o.data.read(start, end)))
         });
         async move { r }.boxed()
     }

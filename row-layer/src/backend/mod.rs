@@ -43,6 +43,7 @@ pub mod fault;
 pub mod guards;
 pub mod local;
 pub mod mem;
+mod sparse;
 
 use crate::error::Result;
 use bytes::Bytes;

@@ -17,16 +17,20 @@ mod ctx;
 mod diffs;
 mod frag;
 mod meta;
+mod profile;
 mod rolling;
 mod scaling;
+mod settle;
 
 use anyhow::Context;
 use clap::Parser;
 use ctx::{Ctx, Params};
 use rbd_row_bench::plot::{line_chart, Chart};
+use rbd_row_bench::proc::TimedOut;
 use rbd_row_bench::results::{Report, Row};
+use std::future::Future;
 use std::path::{Path, PathBuf};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 #[derive(Parser)]
 struct Args {
@@ -42,19 +46,19 @@ struct Args {
     /// Only these rows of issue 12 (1-6).
     #[arg(long, value_delimiter = ',')]
     rows: Option<Vec<u8>>,
-    /// Snapshot counts of row 2 (default: quick 0,4,16; full 0,1,4,16,64,256,1000).
+    /// Snapshot counts of row 2 (default: quick 0,8; full 0,1,4,16,64,256,1000).
     #[arg(long, value_delimiter = ',')]
     steps: Option<Vec<u32>>,
-    /// Rounds of row 3 (default: quick 8, full 200).
+    /// Rounds of row 3 (default: quick 6, full 200).
     #[arg(long)]
     rounds: Option<u32>,
-    /// Repeats per measurement (default: quick 2, full 3).
+    /// Repeats per measurement (default: quick 1, full 3).
     #[arg(long)]
     repeats: Option<usize>,
     /// Seconds per fio measurement (default: quick 1, full 4).
     #[arg(long)]
     runtime_secs: Option<u64>,
-    /// Snapshots of row 4 (default: quick 8, full 256).
+    /// Snapshots of row 4 (default: quick 6, full 256).
     #[arg(long)]
     frag_snaps: Option<u32>,
     /// Image sizes in GiB of row 5 (default: quick 1,16; full 1,64,1024).
@@ -66,12 +70,33 @@ struct Args {
     /// Snapshot counts of the open-time rows (default: quick 1,50; full 1,100,1000,10000).
     #[arg(long, value_delimiter = ',')]
     open_snaps: Option<Vec<u32>>,
-    /// Snapshots of the native open-time row (default: quick 20, full 200).
+    /// Snapshots of the native open-time row (default: quick 8, full 200).
     #[arg(long)]
     native_open_snaps: Option<u32>,
-    /// Grains written for the gateway memory rows (default: quick 20000, full 250000).
+    /// Grains written for the gateway memory rows (default: quick 10000, full 250000).
     #[arg(long)]
     rss_grains: Option<u64>,
+    /// Re-run each step that misses its target under `perf record -g` and
+    /// put its hottest symbols under the row (on by default in full mode).
+    #[arg(long)]
+    profile_missed: bool,
+    /// No profiles of missed rows, even in full mode.
+    #[arg(long, conflicts_with = "profile_missed")]
+    no_profile_missed: bool,
+    /// Deadline of each external command (fio, rbd, ceph, rbd-row, perf),
+    /// seconds; one that runs longer is killed and its row says "timed out"
+    /// (default: quick 120, full 1800).
+    #[arg(long)]
+    cmd_timeout_secs: Option<u64>,
+    /// Deadline of each row of issue 12 as a whole, seconds (default: quick
+    /// 240, full 21600).
+    #[arg(long)]
+    row_timeout_secs: Option<u64>,
+    /// Longest wait, before each row, for the cluster to give back the
+    /// space of the previous rows' images, seconds (default: quick 30,
+    /// full 900).
+    #[arg(long)]
+    settle_secs: Option<u64>,
 }
 
 /// Applies the command line's overrides to the mode's defaults.
@@ -86,7 +111,7 @@ fn overrides(a: &Args, p: &mut Params) {
         p.repeats = r.max(1);
     }
     if let Some(r) = a.runtime_secs {
-        p.runtime = std::time::Duration::from_secs(r.max(1));
+        p.runtime = Duration::from_secs(r.max(1));
     }
     if let Some(f) = a.frag_snaps {
         p.frag_snaps = f;
@@ -106,7 +131,33 @@ fn overrides(a: &Args, p: &mut Params) {
     if let Some(n) = a.rss_grains {
         p.rss_grains = n;
     }
+    if a.profile_missed {
+        p.profile_missed = true;
+    }
+    if a.no_profile_missed {
+        p.profile_missed = false;
+    }
+    let secs = |s: u64| Duration::from_secs(s.max(1));
+    if let Some(s) = a.cmd_timeout_secs {
+        p.cmd_timeout = secs(s);
+    }
+    if let Some(s) = a.row_timeout_secs {
+        p.row_timeout = secs(s);
+    }
+    if let Some(s) = a.settle_secs {
+        p.settle_timeout = Duration::from_secs(s);
+    }
 }
+
+/// Issue 12's rows, by number, with their titles.
+const ROWS: [(u8, &str); 6] = [
+    (1, ceiling::GROUP),
+    (2, scaling::GROUP),
+    (3, rolling::GROUP),
+    (4, frag::GROUP),
+    (5, diffs::GROUP),
+    (6, meta::GROUP),
+];
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
@@ -115,54 +166,88 @@ async fn main() -> anyhow::Result<()> {
     ctx::since_start();
     let mut p = Params::new(args.quick);
     overrides(&args, &mut p);
+    rbd_row_bench::proc::set_default_timeout(p.cmd_timeout);
     let mut ctx = setup(&args, p).await?;
     let wanted = |n: u8| args.rows.as_ref().is_none_or(|r| r.contains(&n));
     let plots = args.out.join("results");
     std::fs::create_dir_all(&plots).with_context(|| format!("creating {}", plots.display()))?;
-    if wanted(1) {
-        crate::progress!("{}", ceiling::GROUP);
-        if let Err(e) = ceiling::run(&mut ctx).await {
-            failed(&mut ctx, ceiling::GROUP, &e);
+    let mut times = Vec::new();
+    for (n, group) in ROWS {
+        if !wanted(n) {
+            continue;
         }
+        let t = Instant::now();
+        settle::before_row(&mut ctx, group).await;
+        crate::progress!("{group}");
+        run_row(&mut ctx, n, &plots).await;
+        times.push((n, t.elapsed().as_secs_f64()));
+        crate::progress!(
+            "row {n} took {:.0} s ({:.0} s since the start)",
+            t.elapsed().as_secs_f64(),
+            started.elapsed().as_secs_f64()
+        );
+        write(&ctx, &args, started, &times, false)?;
     }
-    write(&ctx, &args, started, false)?;
-    if wanted(2) {
-        crate::progress!("{}", scaling::GROUP);
-        match scaling::run(&mut ctx).await {
+    finish(ctx, &args, started, &times)
+}
+
+/// `f`, or a [`TimedOut`] error once it has run for `limit`.
+async fn guard<T>(
+    limit: Duration,
+    what: &str,
+    f: impl Future<Output = anyhow::Result<T>>,
+) -> anyhow::Result<T> {
+    match tokio::time::timeout(limit, f).await {
+        Ok(r) => r,
+        Err(_) => Err(TimedOut {
+            command: what.to_owned(),
+            after: limit,
+        }
+        .into()),
+    }
+}
+
+async fn run_row(ctx: &mut Ctx, n: u8, plots: &Path) {
+    let limit = ctx.p.row_timeout;
+    let what = format!("row {n} of the report");
+    match n {
+        1 => {
+            if let Err(e) = guard(limit, &what, ceiling::run(ctx)).await {
+                failed(ctx, ceiling::GROUP, &e);
+            }
+        }
+        2 => match guard(limit, &what, scaling::run(ctx)).await {
             Ok(c) => {
+                let x = "snapshots (log scale; 0 drawn at 0.5)";
                 plot(
-                    &mut ctx,
-                    &plots,
+                    ctx,
+                    plots,
                     "scaling-writes.png",
                     "4 KiB random writes vs snapshots",
-                    "snapshots (log scale; 0 drawn at 0.5)",
+                    x,
                     "IOPS",
                     true,
                     &scaling::series(&c.writes),
                 );
                 plot(
-                    &mut ctx,
-                    &plots,
+                    ctx,
+                    plots,
                     "scaling-reads.png",
                     "4 KiB random reads (head) vs snapshots",
-                    "snapshots (log scale; 0 drawn at 0.5)",
+                    x,
                     "IOPS",
                     true,
                     &scaling::series(&c.reads),
                 );
             }
-            Err(e) => failed(&mut ctx, scaling::GROUP, &e),
-        }
-    }
-    write(&ctx, &args, started, false)?;
-    if wanted(3) {
-        crate::progress!("{}", rolling::GROUP);
-        match rolling::run(&mut ctx).await {
+            Err(e) => failed(ctx, scaling::GROUP, &e),
+        },
+        3 => match guard(limit, &what, rolling::run(ctx)).await {
             Ok(r) => {
                 let [io, bytes, objects] = rolling::series(&r);
                 plot(
-                    &mut ctx,
-                    &plots,
+                    ctx,
+                    plots,
                     "rolling-iops.png",
                     "Rolling schedule: 4 KiB random-write IOPS per round",
                     "round",
@@ -171,8 +256,8 @@ async fn main() -> anyhow::Result<()> {
                     &io,
                 );
                 plot(
-                    &mut ctx,
-                    &plots,
+                    ctx,
+                    plots,
                     "rolling-stored.png",
                     "Rolling schedule: stored MiB per round",
                     "round",
@@ -181,8 +266,8 @@ async fn main() -> anyhow::Result<()> {
                     &bytes,
                 );
                 plot(
-                    &mut ctx,
-                    &plots,
+                    ctx,
+                    plots,
                     "rolling-objects.png",
                     "Rolling schedule: objects per round",
                     "round",
@@ -191,40 +276,31 @@ async fn main() -> anyhow::Result<()> {
                     &objects,
                 );
             }
-            Err(e) => failed(&mut ctx, rolling::GROUP, &e),
+            Err(e) => failed(ctx, rolling::GROUP, &e),
+        },
+        4 => {
+            if let Err(e) = guard(limit, &what, frag::run(ctx)).await {
+                failed(ctx, frag::GROUP, &e);
+            }
         }
-    }
-    write(&ctx, &args, started, false)?;
-    if wanted(4) {
-        crate::progress!("{}", frag::GROUP);
-        if let Err(e) = frag::run(&mut ctx).await {
-            failed(&mut ctx, frag::GROUP, &e);
-        }
-    }
-    write(&ctx, &args, started, false)?;
-    if wanted(5) {
-        crate::progress!("{}", diffs::GROUP);
-        match diffs::run(&mut ctx).await {
+        5 => match guard(limit, &what, diffs::run(ctx)).await {
             Ok(p) => plot_log(
-                &mut ctx,
-                &plots,
+                ctx,
+                plots,
                 "diff-rollback.png",
                 "diff and rollback time vs image size (process start included)",
                 "image size (GiB)",
                 "seconds",
                 &diffs::series(&p),
             ),
-            Err(e) => failed(&mut ctx, diffs::GROUP, &e),
+            Err(e) => failed(ctx, diffs::GROUP, &e),
+        },
+        _ => {
+            if let Err(e) = guard(limit, &what, meta::run(ctx)).await {
+                failed(ctx, meta::GROUP, &e);
+            }
         }
     }
-    write(&ctx, &args, started, false)?;
-    if wanted(6) {
-        crate::progress!("{}", meta::GROUP);
-        if let Err(e) = meta::run(&mut ctx).await {
-            failed(&mut ctx, meta::GROUP, &e);
-        }
-    }
-    finish(ctx, &args, started)
 }
 
 async fn setup(args: &Args, p: Params) -> anyhow::Result<Ctx> {
@@ -241,12 +317,16 @@ async fn setup(args: &Args, p: Params) -> anyhow::Result<Ctx> {
     report.about = vec![
         ("Command".into(), format!("`cargo run --release -p rbd-row-bench --bin report -- {}`", command[1..].join(" "))),
         ("Mode".into(), format!("{} — {:?}", if p.quick { "quick" } else { "full" }, p)),
+        ("Test OSD".into(), rbd_row_bench::ceph::raw_usage().map_or_else(|e| format!("unknown ({e})"), |(u, t)| format!("{} GiB raw in all, {} MiB used at the start (tests/ceph/cluster.sh: RBD_ROW_CEPH_OSD_GIB=24 for a full run)", t >> 30, u >> 20))),
         ("Machine".into(), rbd_row_bench::sysinfo::machine()),
         ("Ceph".into(), rbd_row_bench::ceph::version().unwrap_or_else(|e| format!("unknown ({e})"))),
         ("Cluster".into(), "tests/ceph/cluster.sh: one bluestore OSD on a sparse file, pool size 1, on the same machine as the clients".into()),
         ("Native RBD".into(), "fio's rbd engine (system librbd 16.2) with `rbd cache = false`; snapshot reads with `rbd bench`".into()),
         ("rbd-row".into(), "fio's nbd engine against an in-process rbd-gateway; the C ABI with fio's rbd engine and LD_LIBRARY_PATH on target/<profile>".into()),
-        ("RADOS ceiling".into(), "measured once, in step 1, and not alternated with the later steps that show a ratio to it; under a changing machine load that ratio can exceed 1".into()),
+        ("RADOS ceiling".into(), "row 1 measures it alternating with the compound op and the engine; row 2 measures it again in every step, alternating with the systems' write runs, and its rows' ratios are to that step's ceiling".into()),
+        ("Deadlines".into(), format!("each external command {} s, each row {} s; a step past its deadline is killed and its row says \"timed out\"", p.cmd_timeout.as_secs(), p.row_timeout.as_secs())),
+        ("Between rows".into(), format!("the previous rows' images are removed and the report waits (at most {} s, the OSDs' snapshot-trim sleeps at 0 while it waits, restored after) until no PG is trimming and the raw usage has stopped falling; the pools' usage at each row's start is in the table at the end", p.settle_timeout.as_secs())),
+        ("Counts against issue 12".into(), ctx::counts_note(&p)),
         ("C ABI library".into(), match &cabi { Ok(d) => format!("found ({})", d.display()), Err(e) => e.clone() }),
     ];
     Ok(Ctx {
@@ -261,11 +341,25 @@ async fn setup(args: &Args, p: Params) -> anyhow::Result<Ctx> {
         tmp,
         report,
         ceiling: None,
+        pool_log: Vec::new(),
     })
 }
 
 fn failed(ctx: &mut Ctx, group: &str, e: &anyhow::Error) {
     crate::progress!("{group}: {e:#}");
+    if rbd_row_bench::proc::is_timeout(e) {
+        // The timeout first, whatever context was added around it.
+        let t = e
+            .chain()
+            .find_map(|c| c.downcast_ref::<TimedOut>())
+            .map(ToString::to_string);
+        if let Some(t) = t {
+            ctx.report
+                .rows
+                .push(Row::not_run(group, "(the whole step)", "–", &t));
+            return;
+        }
+    }
     ctx.report.rows.push(Row::not_run(
         group,
         "(the whole step)",
@@ -332,34 +426,64 @@ fn plot_log(
     }
 }
 
-/// Writes RESULTS.md as it stands (after each step, so an interrupted run
-/// leaves the rows it finished, marked as partial).
-fn write(ctx: &Ctx, args: &Args, started: Instant, done: bool) -> anyhow::Result<()> {
+/// RESULTS.md's text as the run stands: the header lines that depend on
+/// the progress (row times, partial), the pool usage table.
+fn render(ctx: &Ctx, started: Instant, times: &[(u8, f64)], done: bool) -> String {
     let mut r = ctx.report.clone();
+    let elapsed = started.elapsed().as_secs_f64();
+    let per_row: Vec<String> = times
+        .iter()
+        .map(|(n, t)| format!("row {n} {t:.0} s"))
+        .collect();
+    r.about.push((
+        "Duration".into(),
+        format!(
+            "{elapsed:.0} s ({}; each includes the cleanup before it)",
+            per_row.join(", ")
+        ),
+    ));
     if !done {
         r.about.push((
             "Partial".into(),
-            format!("the run was still going after {:.0} s; the rows below are the steps finished by then", started.elapsed().as_secs_f64()),
+            format!("the run was still going after {elapsed:.0} s; the rows below are the steps finished by then"),
         ));
     }
+    if !ctx.pool_log.is_empty() {
+        r.sections.insert(
+            0,
+            (
+                "Pool usage at the start of each row".into(),
+                settle::table(&ctx.pool_log),
+            ),
+        );
+    }
+    r.markdown("rbd-row benchmark results")
+}
+
+/// Writes RESULTS.md as it stands (after each step, so an interrupted run
+/// leaves the rows it finished, marked as partial).
+fn write(
+    ctx: &Ctx,
+    args: &Args,
+    started: Instant,
+    times: &[(u8, f64)],
+    done: bool,
+) -> anyhow::Result<()> {
     let path = args.out.join("RESULTS.md");
-    std::fs::write(&path, r.markdown("rbd-row benchmark results"))
+    std::fs::write(&path, render(ctx, started, times, done))
         .with_context(|| format!("writing {}", path.display()))
 }
 
-fn finish(mut ctx: Ctx, args: &Args, started: Instant) -> anyhow::Result<()> {
-    ctx.report.about.push((
-        "Duration".into(),
-        format!("{:.0} s", started.elapsed().as_secs_f64()),
-    ));
-    let md = ctx.report.markdown("rbd-row benchmark results");
+fn finish(ctx: Ctx, args: &Args, started: Instant, times: &[(u8, f64)]) -> anyhow::Result<()> {
+    let md = render(&ctx, started, times, true);
     let path = args.out.join("RESULTS.md");
     std::fs::write(&path, &md).with_context(|| format!("writing {}", path.display()))?;
     println!("{md}");
     crate::progress!(
-        "wrote {} in {:.0} s",
+        "wrote {} in {:.0} s ({:.1} min)",
         path.display(),
-        started.elapsed().as_secs_f64()
+        started.elapsed().as_secs_f64(),
+        started.elapsed().as_secs_f64() / 60.0
     );
     Ok(())
 }

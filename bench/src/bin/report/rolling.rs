@@ -48,7 +48,12 @@ pub(crate) async fn run(ctx: &mut Ctx) -> anyhow::Result<Vec<Round>> {
         .create(&ctl, CreateOptions::with_size(size))
         .await?;
     let gw = InProcGateway::start(ctx.stores.clone(), &ctx.pool).await?;
-    let r = rounds(ctx, &gw, &nat, &format!("{ROW_POOL}/{row}"), &ctl).await;
+    let spec = format!("{ROW_POOL}/{row}");
+    let r = rounds(ctx, &gw, &nat, &spec, &ctl).await;
+    if let Ok(rounds) = &r {
+        summarise(ctx, rounds);
+        profile_missed(ctx, &gw, &spec).await;
+    }
     gw.stop().await?;
     ceph::remove_native(&nat);
     for (store, n) in [(&row_store, &row), (&ctx.store, &ctl)] {
@@ -56,9 +61,22 @@ pub(crate) async fn run(ctx: &mut Ctx) -> anyhow::Result<Vec<Round>> {
             crate::progress!("cleanup of {n}: {e:#}");
         }
     }
-    let rounds = r?;
-    summarise(ctx, &rounds);
-    Ok(rounds)
+    r
+}
+
+/// Profiles the rolling image's writes for each IOPS row that missed.
+async fn profile_missed(ctx: &mut Ctx, gw: &InProcGateway, row: &str) {
+    let missed: Vec<Row> = ctx
+        .report
+        .rows
+        .iter()
+        .filter(|r| r.group == GROUP && r.unit == "IOPS" && r.met() == Some(false))
+        .cloned()
+        .collect();
+    for r in missed {
+        let job = ctx.job(FioTarget::Nbd { uri: gw.uri(row) }, "randwrite", ctx.p.size);
+        crate::profile::if_missed(ctx, &r, crate::profile::Subject::FioHere(job)).await;
+    }
 }
 
 async fn rounds(
@@ -129,7 +147,7 @@ async fn rounds(
             img.snap_remove(&old).await?;
             round.rm_s = [Some(t.as_secs_f64()), Some(t0.elapsed().as_secs_f64())];
         }
-        round.pools = [ceph::pool_stats(NAT_POOL)?, ceph::pool_stats(ROW_POOL)?];
+        round.pools = both_pools()?;
         round.needed = img.space_usage()?.stored;
         crate::progress!("rolling round {n}: {:?}", round.iops);
         out.push(round);
@@ -138,9 +156,18 @@ async fn rounds(
     // round's figures are read again once they have settled.
     tokio::time::sleep(Duration::from_secs(6)).await;
     if let Some(last) = out.last_mut() {
-        last.pools = [ceph::pool_stats(NAT_POOL)?, ceph::pool_stats(ROW_POOL)?];
+        last.pools = both_pools()?;
     }
     Ok(out)
+}
+
+/// (stored, objects) of the native and the rbd-row pool, from one `ceph df`.
+fn both_pools() -> anyhow::Result<[(u64, u64); 2]> {
+    let df = ceph::ceph_json(&["df", "detail"])?;
+    Ok([
+        ceph::pool_stats_in(&df, NAT_POOL)?,
+        ceph::pool_stats_in(&df, ROW_POOL)?,
+    ])
 }
 
 fn cell(v: impl Iterator<Item = Option<f64>>) -> Cell {

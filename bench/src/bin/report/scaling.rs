@@ -5,13 +5,20 @@
 //! control image that gets the same writes. After each new snapshot every
 //! image gets `churn` random 4 KiB writes, so native RBD has clones to make
 //! and rbd-row has epochs to resolve through. Reads are measured at the
-//! head and at the oldest snapshot.
+//! head and at the oldest snapshot. The RADOS ceiling (plain 4 KiB object
+//! writes at the same depth, in a namespace of its own) is measured again
+//! in every step, alternating with the systems' write runs, so the ratio to
+//! it compares figures taken under the same machine load.
 
 use crate::ctx::{alternate, fio_probe, iops, remove_row_image, Ctx, Probe};
-use rbd_row_bench::fio::{Amount, FioJob};
+use crate::profile::{self, Subject};
+use anyhow::anyhow;
+use rbd_row_bench::fio::{Amount, FioJob, FioTarget};
 use rbd_row_bench::gateway::InProcGateway;
 use rbd_row_bench::plot::Series;
+use rbd_row_bench::raw::{rados_writes_for, remove_raw_objects};
 use rbd_row_bench::results::{Cell, Row, Target};
+use row_layer::backend::Backend;
 use row_layer::{CreateOptions, Image};
 use std::sync::Arc;
 
@@ -30,15 +37,24 @@ struct Images {
     ctl: String,
     cab: String,
     cac: String,
+    /// The namespace the ceiling's raw objects are written in.
+    raw: Arc<dyn Backend>,
 }
 
 pub(crate) async fn run(ctx: &mut Ctx) -> anyhow::Result<Curves> {
+    let cluster = ctx
+        .stores
+        .cluster()
+        .await
+        .map_err(|e| anyhow!("{}", e.message))?
+        .ok_or_else(|| anyhow!("not a Ceph target"))?;
     let im = Images {
         nat: ctx.name("scale-nat"),
         row: ctx.name("scale-row"),
         ctl: ctx.name("scale-ctl"),
         cab: ctx.name("scale-cab"),
         cac: ctx.name("scale-cac"),
+        raw: Arc::new(cluster.open_pool(&ctx.pool, &ctx.name("scale-raw")).await?),
     };
     let size = ctx.p.size;
     ctx.rbd(&[
@@ -63,7 +79,18 @@ pub(crate) async fn run(ctx: &mut Ctx) -> anyhow::Result<Curves> {
             crate::progress!("cleanup of {n}: {e:#}");
         }
     }
+    if let Err(e) = remove_raw_objects(im.raw.as_ref()).await {
+        crate::progress!("cleanup of the ceiling's objects: {e:#}");
+    }
     r
+}
+
+/// The RADOS ceiling for one repeat: plain 4 KiB object writes for the
+/// fio jobs' runtime at their depth.
+fn ceiling_probe(ctx: &Ctx, be: Arc<dyn Backend>) -> Probe {
+    let h = tokio::runtime::Handle::current();
+    let (secs, depth) = (ctx.p.runtime, ctx.p.depth);
+    Arc::new(move |_seed| h.block_on(rados_writes_for(be.clone(), secs, depth, false)))
 }
 
 async fn fill_all(ctx: &Ctx, gw: &InProcGateway, im: &Images) -> anyhow::Result<()> {
@@ -185,7 +212,7 @@ async fn steps(ctx: &mut Ctx, gw: &InProcGateway, im: &Images) -> anyhow::Result
             } else {
                 curves.reads.push((f64::from(n), pts));
             }
-            push_rows(ctx, n, rw, cells);
+            push_rows(ctx, gw, im, n, rw, cells).await;
         }
         if n > 0 {
             oldest_snapshot(ctx, gw, im, n).await;
@@ -194,30 +221,51 @@ async fn steps(ctx: &mut Ctx, gw: &InProcGateway, im: &Images) -> anyhow::Result
     Ok(curves)
 }
 
-async fn measure(ctx: &Ctx, gw: &InProcGateway, im: &Images, rw: &'static str) -> Vec<Cell> {
+/// The step's fio jobs: native, NBD, NBD control, C ABI, C ABI control.
+fn jobs(
+    ctx: &Ctx,
+    gw: &InProcGateway,
+    im: &Images,
+    rw: &'static str,
+) -> Vec<Result<FioJob, String>> {
     let size = ctx.p.size;
-    let nbd = |n: &str| rbd_row_bench::fio::FioTarget::Nbd { uri: gw.uri(n) };
-    let jobs = vec![
+    let nbd = |n: &str| FioTarget::Nbd { uri: gw.uri(n) };
+    vec![
         Ok(ctx.job(ctx.native_target(&im.nat), rw, size)),
         Ok(ctx.job(nbd(&im.row), rw, size)),
         Ok(ctx.job(nbd(&im.ctl), rw, size)),
         ctx.cabi_target(&im.cab).map(|t| ctx.job(t, rw, size)),
         ctx.cabi_target(&im.cac).map(|t| ctx.job(t, rw, size)),
-    ];
-    alternate(
-        jobs.into_iter().map(|j| fio_probe(j, iops)).collect(),
-        ctx.p.repeats,
-    )
-    .await
+    ]
 }
 
-fn push_rows(ctx: &mut Ctx, n: u32, rw: &str, c: Vec<Cell>) {
+/// The five systems' cells, and for writes a sixth: the RADOS ceiling,
+/// alternating with them.
+async fn measure(ctx: &Ctx, gw: &InProcGateway, im: &Images, rw: &'static str) -> Vec<Cell> {
+    let mut probes: Vec<Result<Probe, String>> = jobs(ctx, gw, im, rw)
+        .into_iter()
+        .map(|j| fio_probe(j, iops))
+        .collect();
+    if rw == "randwrite" {
+        probes.push(Ok(ceiling_probe(ctx, im.raw.clone())));
+    }
+    alternate(probes, ctx.p.repeats).await
+}
+
+async fn push_rows(
+    ctx: &mut Ctx,
+    gw: &InProcGateway,
+    im: &Images,
+    n: u32,
+    rw: &'static str,
+    c: Vec<Cell>,
+) {
     let what = if rw == "randwrite" {
         "writes"
     } else {
         "reads (head)"
     };
-    let ceiling = (rw == "randwrite").then(|| ctx.ceiling.clone()).flatten();
+    let ceiling = c.get(5).cloned();
     let mut nbd = Row::new(
         GROUP,
         &format!("{what}, {n} snapshots, NBD"),
@@ -246,6 +294,13 @@ fn push_rows(ctx: &mut Ctx, n: u32, rw: &str, c: Vec<Cell>) {
         nbd = nbd.ceiling(cl.clone());
         abi = abi.ceiling(cl);
     }
+    let mut j = jobs(ctx, gw, im, rw).into_iter().skip(1).step_by(2);
+    if let Some(Ok(job)) = j.next() {
+        profile::if_missed(ctx, &nbd, Subject::FioHere(job)).await;
+    }
+    if let Some(Ok(job)) = j.next() {
+        profile::if_missed(ctx, &abi, Subject::FioItself(job)).await;
+    }
     ctx.report.rows.push(nbd);
     ctx.report.rows.push(abi);
 }
@@ -260,17 +315,18 @@ async fn oldest_snapshot(ctx: &mut Ctx, gw: &InProcGateway, im: &Images, n: u32)
         fio_probe(Ok(ctx.job(nbd(im.ctl.clone()), "randread", size)), iops),
     ];
     let c = alternate(probes, ctx.p.repeats).await;
-    ctx.report.rows.push(
-        Row::new(
-            GROUP,
-            &format!("reads of the oldest snapshot, {n} snapshots, NBD (native: rbd bench)"),
-            "IOPS",
-            c[1].clone(),
-        )
-        .native(c[0].clone())
-        .control(c[2].clone())
-        .target(Target::vs_control("≥ 0.9× control (issue 9)", true, 0.9)),
-    );
+    let row = Row::new(
+        GROUP,
+        &format!("reads of the oldest snapshot, {n} snapshots, NBD (native: rbd bench)"),
+        "IOPS",
+        c[1].clone(),
+    )
+    .native(c[0].clone())
+    .control(c[2].clone())
+    .target(Target::vs_control("≥ 0.9× control (issue 9)", true, 0.9));
+    let job = ctx.job(nbd(snap(&im.row)), "randread", size);
+    profile::if_missed(ctx, &row, Subject::FioHere(job)).await;
+    ctx.report.rows.push(row);
 }
 
 /// The IOPS-against-snapshots series of one direction.
