@@ -18,10 +18,13 @@ pub use ids::{Epoch, GrainIdx, ImageId, ObjectNo, SnapId};
 
 pub mod allocation;
 pub(crate) mod check;
+mod checkpoint;
+pub mod ckpt_record;
 pub(crate) mod control;
 pub mod diff;
 mod flatten;
 pub mod fsck;
+mod head_recovery;
 pub mod image;
 pub mod layout;
 pub mod lifecycle;

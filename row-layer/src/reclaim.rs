@@ -137,6 +137,10 @@ impl Image {
             backend
                 .operate(&layout::epoch_object(&id, g), WriteOp::remove())
                 .await?;
+            // A discarded head's checkpoint (or one a crash left after a seal).
+            backend
+                .operate(&layout::ckpt_object(&id, g), WriteOp::remove())
+                .await?;
             let mut header = self.header();
             header.garbage.retain(|e| *e != g);
             self.commit_header(&header, vec![Action::OmapRemove(keys)])
