@@ -235,3 +235,42 @@ impl Image {
         }
     }
 }
+
+/// The objects the checkpoint of discarded head `e` names (none without
+/// one). A damaged checkpoint is no reason to leak: the pool listing of the
+/// image's data objects names them instead.
+pub(crate) async fn objects_of_discarded_head(
+    backend: &dyn crate::backend::Backend,
+    id: &crate::ids::ImageId,
+    e: crate::ids::Epoch,
+) -> Result<RoaringTreemap> {
+    use crate::backend::ext::{BackendExt, NotFoundExt};
+    let Some(bytes) = backend
+        .read_all(&layout::ckpt_object(id, e))
+        .await
+        .or_absent()?
+    else {
+        return Ok(RoaringTreemap::new());
+    };
+    match HeadCheckpoint::decode(&bytes, id, e) {
+        Ok(c) => Ok(c.delta.touched),
+        Err(err) => {
+            tracing::warn!(image = %id, epoch = %e, error = %err, "damaged checkpoint of a discarded head: listing its data objects");
+            let suffix = format!(".{:016x}", e.0);
+            let mut out = RoaringTreemap::new();
+            for oid in backend.list(&layout::data_prefix(id)).await? {
+                let Some(rest) = oid.strip_suffix(&suffix) else {
+                    continue;
+                };
+                let o = rest
+                    .rsplit('.')
+                    .next()
+                    .and_then(|h| u64::from_str_radix(h, 16).ok());
+                if let Some(o) = o {
+                    out.insert(o);
+                }
+            }
+            Ok(out)
+        }
+    }
+}

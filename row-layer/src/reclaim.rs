@@ -111,7 +111,10 @@ impl Image {
             match read_epoch(&*backend, &id, g).await {
                 Ok(d) => objects |= &d.touched,
                 Err(e) if e.kind() == ErrorKind::Corrupt => {
-                    // Never sealed (a discarded head): the touch keys name its objects.
+                    // Never sealed (a discarded head): the touch keys name its
+                    // objects, and its checkpoint those whose keys it covered.
+                    objects |=
+                        crate::checkpoint::objects_of_discarded_head(&*backend, &id, g).await?;
                 }
                 Err(e) => return Err(e),
             }
