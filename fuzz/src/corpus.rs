@@ -3,7 +3,7 @@
 //! with `cargo run --example gen_corpus` in `fuzz/`.
 
 use crate::nbd;
-use crate::records::{sample_deltas, sample_headers, sample_payloads, Kind};
+use crate::records::{payload_of, sample_deltas, sample_headers, sample_payloads, Kind};
 use rbd_streams::{DiffFormat, DiffWriter, ImageExportWriter, ImageHeader};
 use row_layer::header_format::HEADER_ENTRY;
 use row_layer::records::{EPOCH, HEADER};
@@ -87,6 +87,25 @@ pub fn seeds() -> Vec<Seed> {
     for (i, (id, e, p, d)) in sample_deltas().iter().enumerate() {
         let b = d.encode(id, *e, *p).expect("e");
         out.push(("records", format!("epoch_{i}.bin"), b));
+    }
+
+    // ckpt_record: mode (raw / enveloped payload), bytes; the sample
+    // deltas as head checkpoints.
+    for (i, (id, e, _, d)) in sample_deltas().iter().enumerate() {
+        let c = row_layer::ckpt_record::HeadCheckpoint {
+            generation: i as u64 + 1,
+            delta: row_layer::records::EpochDelta {
+                reclaimed: Default::default(),
+                ..d.clone()
+            },
+        };
+        let b = c.encode(id, *e).expect("c");
+        let mut raw = vec![0];
+        raw.extend_from_slice(&b);
+        out.push(("ckpt_record", format!("raw_{i}.bin"), raw));
+        let mut enveloped = vec![1];
+        enveloped.extend_from_slice(&payload_of(row_layer::ckpt_record::CHECKPOINT, &b));
+        out.push(("ckpt_record", format!("payload_{i}.bin"), enveloped));
     }
 
     // records_envelope: kind, version selector, payload.

@@ -56,6 +56,7 @@ impl Image {
                     "chain {own:?} is not the head path {head_path:?}"
                 )));
             }
+            let registered = st.gens.registered();
             for (o, cell) in &st.touched {
                 if cell.initialized() {
                     let head_touched = st
@@ -67,6 +68,14 @@ impl Image {
                         return Err(fail(format!(
                             "object {} registered but not in head delta",
                             o.0
+                        )));
+                    }
+                    // Recovery lists only objects with a key the newest
+                    // checkpoint does not cover (checkpoint.rs).
+                    if self.view() == &crate::image::View::Head && !registered.contains(o.0) {
+                        return Err(fail(format!(
+                            "object {} registered without a touch key of generation {} or later",
+                            o.0, st.gens.covered
                         )));
                     }
                 }

@@ -22,6 +22,9 @@
 //!   by `ImageOptions::reclaim_ops_per_sec` ([`Pacer`]). `Image::reclaim`
 //!   runs a pass now and waits for it (that pass stands for any background
 //!   one pending); `close` does too.
+//! - Head checkpoints (checkpoint.rs) are jobs too, asked for by the data
+//!   path past `ImageOptions::checkpoint_objects` registrations and by a
+//!   ticker every `ImageOptions::checkpoint_interval`.
 
 use crate::error::{Error, ErrorKind, Result};
 use crate::image::{Image, Inner};
@@ -46,7 +49,11 @@ impl Image {
         *self.inner.control.lock().unwrap_or_else(|p| p.into_inner()) = Some(tx);
         let weak = Arc::downgrade(&self.inner);
         let delay = self.inner.options.reclaim_delay;
-        tokio::spawn(control_loop(weak, rx, delay));
+        tokio::spawn(control_loop(weak.clone(), rx, delay));
+        let interval = self.inner.options.checkpoint_interval;
+        if !interval.is_zero() {
+            tokio::spawn(checkpoint_ticker(weak, interval));
+        }
     }
 
     /// Stops accepting jobs; the task ends after those already queued.
@@ -191,6 +198,22 @@ async fn control_loop(
         }
         if image.inner.reclaim_wanted.load(Ordering::SeqCst) {
             pending = true;
+        }
+    }
+}
+
+/// Asks for a checkpoint every `interval` while anything was registered
+/// in the head since the last one (checkpoint.rs); ends with the handle.
+async fn checkpoint_ticker(weak: Weak<Inner>, interval: std::time::Duration) {
+    loop {
+        tokio::time::sleep(interval).await;
+        let Some(inner) = weak.upgrade() else { break };
+        let image = Image { inner };
+        if image.control_sender().is_none() {
+            break;
+        }
+        if image.check_writable().is_ok() && image.state().gens.since > 0 {
+            image.want_checkpoint();
         }
     }
 }

@@ -47,6 +47,7 @@ use std::fmt;
 
 const DATA_PREFIX: &str = "rbd_row_data.";
 const EPOCH_PREFIX: &str = "rbd_row_epoch.";
+const CKPT_PREFIX: &str = "rbd_row_ckpt.";
 const HEADER_PREFIX: &str = "rbd_row_header.";
 const CHILDREN_PREFIX: &str = "rbd_row_children.";
 const ID_PREFIX: &str = "rbd_row_id.";
@@ -100,6 +101,11 @@ pub enum FindingKind {
     LeakedGarbageData,
     /// A `touch.<e>.<o>` header key of an epoch neither live nor garbage.
     StrayTouchKey,
+    /// The head's checkpoint does not decode: open of the head fails.
+    CorruptCheckpoint,
+    /// A checkpoint of an epoch that is no longer the head (a crash right
+    /// after a seal): never read, only wasted space.
+    OrphanCheckpoint,
     /// A clone that its parent's children registry does not list: the
     /// parent snapshot could be unprotected and removed under it.
     UnregisteredClone,
@@ -136,10 +142,10 @@ impl FindingKind {
         match self {
             HeadRecord | PendingGarbage => Severity::Info,
             CorruptHeader | UnsupportedVersion | CorruptRecord | UnregisteredClone
-            | MissingParent | MissingHeader | NameConflict => Severity::Error,
+            | MissingParent | MissingHeader | NameConflict | CorruptCheckpoint => Severity::Error,
             OrphanData | OrphanRecord | CorruptGarbageRecord | LeakedGarbageData
             | StrayTouchKey | StaleChild | HeaderlessObject | MissingIdObject | UnlistedImage
-            | HalfRemoved | UnnamedHeader | UnknownObject => Severity::Warning,
+            | HalfRemoved | UnnamedHeader | UnknownObject | OrphanCheckpoint => Severity::Warning,
         }
     }
 
@@ -150,6 +156,7 @@ impl FindingKind {
             self,
             OrphanData
                 | OrphanRecord
+                | OrphanCheckpoint
                 | CorruptGarbageRecord
                 | LeakedGarbageData
                 | StrayTouchKey
@@ -176,6 +183,8 @@ impl FindingKind {
             CorruptGarbageRecord => "corrupt-garbage-record",
             LeakedGarbageData => "leaked-garbage-data",
             StrayTouchKey => "stray-touch-key",
+            CorruptCheckpoint => "corrupt-checkpoint",
+            OrphanCheckpoint => "orphan-checkpoint",
             UnregisteredClone => "unregistered-clone",
             StaleChild => "stale-child",
             MissingParent => "missing-parent",
@@ -376,9 +385,16 @@ fn parse_epoch_oid(oid: &str) -> Option<(ImageId, Epoch)> {
     Some((parse_id(id)?, Epoch(parse_hex16(e)?)))
 }
 
+/// `rbd_row_ckpt.<id>.<epoch>` → (id, epoch).
+fn parse_ckpt_oid(oid: &str) -> Option<(ImageId, Epoch)> {
+    let (id, e) = oid.strip_prefix(CKPT_PREFIX)?.split_once('.')?;
+    Some((parse_id(id)?, Epoch(parse_hex16(e)?)))
+}
+
 fn epoch_of(oid: &str) -> Option<Epoch> {
     parse_data_oid(oid)
         .or_else(|| parse_epoch_oid(oid))
+        .or_else(|| parse_ckpt_oid(oid))
         .map(|(_, e)| e)
 }
 
@@ -401,6 +417,8 @@ struct Inventory {
     data: BTreeMap<ImageId, Vec<(String, Epoch)>>,
     /// Epoch records per id.
     records: BTreeMap<ImageId, Vec<(String, Epoch)>>,
+    /// Head checkpoints per id.
+    ckpts: BTreeMap<ImageId, Vec<(String, Epoch)>>,
     /// Ids with a children registry.
     children: BTreeSet<ImageId>,
     /// Unparseable names under our prefixes.
@@ -494,6 +512,15 @@ async fn inventory(b: &dyn Backend, image: Option<&str>) -> Result<Inventory> {
                     None => inv.unknown.push(oid),
                 }
             }
+            for oid in b.list(CKPT_PREFIX).await? {
+                match parse_ckpt_oid(&oid) {
+                    Some((id, e)) => {
+                        inv.ids.insert(id.clone());
+                        inv.ckpts.entry(id).or_default().push((oid, e));
+                    }
+                    None => inv.unknown.push(oid),
+                }
+            }
             for id in inv.dir.values().filter_map(|s| parse_id(s)) {
                 inv.ids.insert(id);
             }
@@ -528,6 +555,11 @@ async fn inventory(b: &dyn Backend, image: Option<&str>) -> Result<Inventory> {
                 for oid in b.list(&format!("{EPOCH_PREFIX}{id}.")).await? {
                     if let Some((_, e)) = parse_epoch_oid(&oid) {
                         inv.records.entry(id.clone()).or_default().push((oid, e));
+                    }
+                }
+                for oid in b.list(&layout::ckpt_prefix(&id)).await? {
+                    if let Some((_, e)) = parse_ckpt_oid(&oid) {
+                        inv.ckpts.entry(id.clone()).or_default().push((oid, e));
                     }
                 }
                 if exists(b, &layout::children_object(&id)).await? {
@@ -954,6 +986,7 @@ impl Scanner<'_> {
                 );
             }
         }
+        self.check_checkpoints(id, &h, name.clone()).await?;
         // Touch keys.
         let touch = self
             .b
@@ -983,6 +1016,35 @@ impl Scanner<'_> {
         // As a parent: every registration names a live child of that snapshot.
         if self.inv.children.contains(id) {
             self.check_children(id, name.clone()).await?;
+        }
+        Ok(())
+    }
+
+    /// The head's checkpoint must decode; any other is stale.
+    async fn check_checkpoints(
+        &mut self,
+        id: &ImageId,
+        h: &HeaderRecord,
+        name: Option<String>,
+    ) -> Result<()> {
+        for (oid, e) in self.inv.ckpts.get(id).cloned().unwrap_or_default() {
+            let (kind, what) = if e == h.head {
+                match crate::head_recovery::read_checkpoint(self.b, h).await {
+                    Ok(_) => continue,
+                    Err(err) => (
+                        FindingKind::CorruptCheckpoint,
+                        format!("checkpoint of the head does not read ({err}); open fails"),
+                    ),
+                }
+            } else if h.garbage.contains(&e) {
+                continue; // goes with the epoch's garbage deletion
+            } else {
+                (
+                    FindingKind::OrphanCheckpoint,
+                    format!("checkpoint of epoch {e}, which is not the head"),
+                )
+            };
+            self.push(name.clone(), Some(id.clone()), kind, oid, None, what);
         }
         Ok(())
     }
@@ -1253,6 +1315,7 @@ async fn repair_owned(
             f.kind,
             FindingKind::OrphanData
                 | FindingKind::OrphanRecord
+                | FindingKind::OrphanCheckpoint
                 | FindingKind::LeakedGarbageData
                 | FindingKind::CorruptGarbageRecord
         ) {
@@ -1274,7 +1337,7 @@ async fn repair_owned(
     // An epoch's parts may go only if no live header part names the epoch.
     let deletable = |kind: FindingKind, e: Epoch| {
         e != h.head
-            && !h.epochs.contains_key(&e)
+            && (kind == FindingKind::OrphanCheckpoint || !h.epochs.contains_key(&e))
             && (matches!(
                 kind,
                 FindingKind::LeakedGarbageData | FindingKind::CorruptGarbageRecord

@@ -67,6 +67,16 @@ pub struct ImageOptions {
     pub reclaim_delay: std::time::Duration,
     /// Upper bound on the reclaimer's backend ops per second (0: none).
     pub reclaim_ops_per_sec: u32,
+    /// The owner checkpoints the head in the background once this many
+    /// objects were registered in it since the last checkpoint (0: never
+    /// by count). Open lists the grain omaps of at most about this many
+    /// objects (plus those of `checkpoint_interval`), whatever was written
+    /// since the last snapshot; each checkpoint makes the next write to
+    /// every object register again (one batched header op).
+    pub checkpoint_objects: u64,
+    /// The owner also checkpoints the head this long after the last one
+    /// when anything was registered since (zero: never by time).
+    pub checkpoint_interval: std::time::Duration,
 }
 
 impl Default for ImageOptions {
@@ -77,6 +87,8 @@ impl Default for ImageOptions {
             request_timeout: std::time::Duration::from_secs(60),
             reclaim_delay: std::time::Duration::from_millis(20),
             reclaim_ops_per_sec: 0,
+            checkpoint_objects: 4096,
+            checkpoint_interval: std::time::Duration::from_secs(30),
         }
     }
 }
@@ -95,6 +107,8 @@ pub(crate) struct State {
     pub(crate) cache: HashMap<ObjectNo, Vec<Loc>>,
     /// Size of the view in bytes.
     pub(crate) size: u64,
+    /// Registration generations of the open epoch (checkpoint.rs).
+    pub(crate) gens: crate::checkpoint::Generations,
 }
 
 pub(crate) struct Inner {
@@ -117,12 +131,19 @@ pub(crate) struct Inner {
         Mutex<Option<tokio::sync::mpsc::UnboundedSender<crate::control::ControlMsg>>>,
     /// A transition left work for the background reclaimer.
     pub(crate) reclaim_wanted: std::sync::atomic::AtomicBool,
+    /// A background checkpoint is queued on the control task.
+    pub(crate) checkpoint_wanted: std::sync::atomic::AtomicBool,
 }
 
 /// Registrations waiting for the next header op (see `register_touch`).
 #[derive(Default)]
 pub(crate) struct TouchBatch {
-    queue: Vec<(Epoch, ObjectNo, tokio::sync::oneshot::Sender<Result<()>>)>,
+    queue: Vec<(
+        Epoch,
+        u64,
+        ObjectNo,
+        tokio::sync::oneshot::Sender<Result<()>>,
+    )>,
     leader_active: bool,
 }
 
@@ -703,13 +724,18 @@ impl Image {
     }
 
     /// Records the first write to object `o` in the open epoch in the header
-    /// (once per object and epoch), returning the open epoch.
+    /// (once per object, epoch and registration generation), returning the
+    /// open epoch.
     async fn ensure_touched(&self, o: ObjectNo) -> Result<Epoch> {
-        let (cell, head) = {
+        let (cell, head, generation) = {
             let mut st = self.state();
-            (st.touched.entry(o).or_default().clone(), st.header.head)
+            (
+                st.touched.entry(o).or_default().clone(),
+                st.header.head,
+                st.gens.current,
+            )
         };
-        cell.get_or_try_init(|| self.register_touch(head, o))
+        cell.get_or_try_init(|| self.register_touch(head, generation, o))
             .await?;
         Ok(head)
     }
@@ -720,7 +746,7 @@ impl Image {
     /// client write), each followed by a flush: a data object whose
     /// registration was lost in a crash would otherwise be ignored by
     /// recovery and come back after a later one (free on RADOS).
-    async fn register_touch(&self, head: Epoch, o: ObjectNo) -> Result<()> {
+    async fn register_touch(&self, head: Epoch, generation: u64, o: ObjectNo) -> Result<()> {
         let (tx, rx) = tokio::sync::oneshot::channel();
         let lead = {
             let mut b = self
@@ -728,7 +754,7 @@ impl Image {
                 .touch_batch
                 .lock()
                 .unwrap_or_else(|p| p.into_inner());
-            b.queue.push((head, o, tx));
+            b.queue.push((head, generation, o, tx));
             !std::mem::replace(&mut b.leader_active, true)
         };
         if lead {
@@ -758,7 +784,7 @@ impl Image {
             let cookie = self.inner.cookie.clone().unwrap_or_default();
             let keys: Vec<(String, Bytes)> = batch
                 .iter()
-                .map(|(e, o, _)| (layout::touch_key(*e, *o), Bytes::new()))
+                .map(|(e, g, o, _)| (layout::touch_key_gen(*e, *g, *o), Bytes::new()))
                 .collect();
             let op = WriteOp::new()
                 .guard(Guard::XattrEquals(OWNER_XATTR.into(), Bytes::from(cookie)))
@@ -781,17 +807,26 @@ impl Image {
             if result.is_ok() {
                 let mut st = self.state();
                 let head = st.header.head;
+                let mut noted = 0;
+                for (e, g, o, _) in &batch {
+                    if *e == head {
+                        st.gens.keys.entry(*g).or_default().insert(o.0);
+                        noted += 1;
+                    }
+                }
                 if let Some(link) = st.chain.links.first_mut() {
                     let d = Arc::make_mut(&mut link.delta);
-                    for (e, o, _) in &batch {
+                    for (e, _, o, _) in &batch {
                         if *e == head {
                             d.touched.insert(o.0);
                         }
                     }
                 }
+                drop(st);
+                self.note_registrations(noted);
             }
             let failed = result.is_err();
-            for (_, _, tx) in batch {
+            for (_, _, _, tx) in batch {
                 let _ = tx.send(result.clone());
             }
             if failed {
@@ -806,7 +841,7 @@ impl Image {
                         .unwrap_or_else(|p| p.into_inner());
                     std::mem::take(&mut b.queue)
                 };
-                for (_, _, tx) in queued {
+                for (_, _, _, tx) in queued {
                     let _ = tx.send(result.clone());
                 }
             }

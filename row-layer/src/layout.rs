@@ -7,6 +7,9 @@
 //! - `rbd_row_header.<id>`: the header record (payload); omap `touch.<epoch>.<obj>`
 //!   keys naming the data objects of the open epoch, and `meta.<key>` image-meta.
 //! - `rbd_row_epoch.<id>.<epoch>`: the sealed record of one epoch (its deltas).
+//! - `rbd_row_ckpt.<id>.<epoch>`: the newest checkpoint of open epoch `epoch`
+//!   (its delta as of a registration generation), so that open lists only the
+//!   objects registered since (`checkpoint.rs`).
 //! - `rbd_row_data.<id>.<object>.<epoch>`: grains of logical object `object`
 //!   written in `epoch`, each at its natural offset; omap `<grain>` → `D` | `Z`.
 //! - `rbd_row_children.<id>`: omap `<snap id>.<child id>` for clones of a snapshot.
@@ -30,6 +33,14 @@ pub fn header_object(id: &ImageId) -> String {
 /// The sealed record of one epoch.
 pub fn epoch_object(id: &ImageId, e: Epoch) -> String {
     format!("rbd_row_epoch.{id}.{:016x}", e.0)
+}
+/// The head checkpoint of open epoch `e`.
+pub fn ckpt_object(id: &ImageId, e: Epoch) -> String {
+    format!("rbd_row_ckpt.{id}.{:016x}", e.0)
+}
+/// Prefix of every checkpoint object of an image.
+pub fn ckpt_prefix(id: &ImageId) -> String {
+    format!("rbd_row_ckpt.{id}.")
 }
 /// Prefix of every data object of an image.
 pub fn data_prefix(id: &ImageId) -> String {
@@ -61,27 +72,56 @@ pub fn parse_children_key(key: &str) -> Result<(SnapId, ImageId)> {
     }
     Ok((SnapId(snap), ImageId(c.to_string())))
 }
-/// Header omap key recording that object `o` has a data object in open epoch `e`.
+/// Header omap key recording that object `o` has a data object in open epoch `e`
+/// (generation 0: the format of images that were never checkpointed).
 pub fn touch_key(e: Epoch, o: ObjectNo) -> String {
     format!("touch.{:016x}.{:016x}", e.0, o.0)
+}
+/// Touch key of object `o` registered in open epoch `e` under registration
+/// generation `g`. Generation 0 is the plain [`touch_key`]; later ones sort
+/// after every plain key (`g` follows the hex digits) and by generation, so
+/// that recovery can page only the generations a checkpoint does not cover.
+pub fn touch_key_gen(e: Epoch, g: u64, o: ObjectNo) -> String {
+    if g == 0 {
+        return touch_key(e, o);
+    }
+    format!("touch.{:016x}.g{g:016x}.{:016x}", e.0, o.0)
+}
+/// The omap position just before the first touch key of generation `g` of
+/// epoch `e` (a `start_after` for paging).
+pub fn touch_gen_start(e: Epoch, g: u64) -> String {
+    format!("touch.{:016x}.g{g:016x}", e.0)
 }
 /// Prefix of the touch keys of epoch `e`.
 pub fn touch_prefix(e: Epoch) -> String {
     format!("touch.{:016x}.", e.0)
 }
-/// Parses the object number out of a touch key.
+/// Parses the epoch and object number out of a touch key of any generation.
 pub fn parse_touch_key(key: &str) -> Result<(Epoch, ObjectNo)> {
-    let mut parts = key.split('.');
-    let (Some("touch"), Some(e), Some(o), None) =
-        (parts.next(), parts.next(), parts.next(), parts.next())
-    else {
-        return Err(Error::corrupt(format!("malformed touch key {key:?}")));
+    parse_touch_key_gen(key).map(|(e, _, o)| (e, o))
+}
+/// Parses (epoch, generation, object) out of a touch key.
+pub fn parse_touch_key_gen(key: &str) -> Result<(Epoch, u64, ObjectNo)> {
+    let bad = |what: &str| Error::corrupt(format!("malformed {what} in touch key {key:?}"));
+    let hex = |s: &str, what: &str| {
+        if s.len() != 16 {
+            return Err(bad(what));
+        }
+        u64::from_str_radix(s, 16).map_err(|_| bad(what))
     };
-    let e = u64::from_str_radix(e, 16)
-        .map_err(|_| Error::corrupt(format!("malformed epoch in touch key {key:?}")))?;
-    let o = u64::from_str_radix(o, 16)
-        .map_err(|_| Error::corrupt(format!("malformed object in touch key {key:?}")))?;
-    Ok((Epoch(e), ObjectNo(o)))
+    let parts: Vec<&str> = key.split('.').collect();
+    match parts.as_slice() {
+        ["touch", e, o] => Ok((Epoch(hex(e, "epoch")?), 0, ObjectNo(hex(o, "object")?))),
+        ["touch", e, g, o] => {
+            let g = g.strip_prefix('g').ok_or_else(|| bad("generation"))?;
+            let g = hex(g, "generation")?;
+            if g == 0 {
+                return Err(bad("generation"));
+            }
+            Ok((Epoch(hex(e, "epoch")?), g, ObjectNo(hex(o, "object")?)))
+        }
+        _ => Err(Error::corrupt(format!("malformed touch key {key:?}"))),
+    }
 }
 /// Data-object omap key for grain `g` (index within the object).
 pub fn grain_key(g: u32) -> String {

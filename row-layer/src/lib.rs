@@ -18,11 +18,14 @@ pub use ids::{Epoch, GrainIdx, ImageId, ObjectNo, SnapId};
 
 pub mod allocation;
 pub(crate) mod check;
+mod checkpoint;
+pub mod ckpt_record;
 pub(crate) mod control;
 pub mod diff;
 mod flatten;
 pub mod fsck;
 mod grace;
+mod head_recovery;
 pub mod header_format;
 pub mod image;
 pub mod layout;

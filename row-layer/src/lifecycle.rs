@@ -46,6 +46,9 @@ impl Store {
                 .buffer_unordered(32)
                 .try_collect::<Vec<()>>()
                 .await?;
+            for oid in backend.list(&layout::ckpt_prefix(&id)).await? {
+                backend.operate(&oid, WriteOp::remove()).await?;
+            }
             for e in h.epochs.keys().chain(h.garbage.iter()) {
                 backend
                     .operate(&layout::epoch_object(&id, *e), WriteOp::remove())

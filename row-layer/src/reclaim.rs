@@ -143,7 +143,10 @@ impl Image {
             match read_epoch(&*backend, &id, g).await {
                 Ok(d) => objects |= &d.touched,
                 Err(e) if matches!(e.kind(), ErrorKind::NotFound | ErrorKind::Corrupt) => {
-                    // Never sealed (a discarded head): the touch keys name its objects.
+                    // Never sealed (a discarded head): the touch keys name its
+                    // objects, and its checkpoint those whose keys it covered.
+                    objects |=
+                        crate::checkpoint::objects_of_discarded_head(&*backend, &id, g).await?;
                 }
                 Err(e) => return Err(e),
             }
@@ -171,6 +174,10 @@ impl Image {
             pacer.op().await;
             backend
                 .operate(&layout::epoch_object(&id, g), WriteOp::remove())
+                .await?;
+            // A discarded head's checkpoint (or one a crash left after a seal).
+            backend
+                .operate(&layout::ckpt_object(&id, g), WriteOp::remove())
                 .await?;
             let mut header = self.header();
             header.garbage.retain(|e| *e != g);

@@ -245,14 +245,14 @@ struct EpochWire {
     reclaimed: Vec<u8>,
 }
 
-fn bitmap_bytes(b: &RoaringTreemap) -> Result<Vec<u8>> {
+pub(crate) fn bitmap_bytes(b: &RoaringTreemap) -> Result<Vec<u8>> {
     let mut out = Vec::with_capacity(b.serialized_size());
     b.serialize_into(&mut out)
         .map_err(|e| Error::invalid(format!("bitmap encode: {e}")))?;
     Ok(out)
 }
 
-fn bitmap_from(bytes: &[u8], what: &str) -> Result<RoaringTreemap> {
+pub(crate) fn bitmap_from(bytes: &[u8], what: &str) -> Result<RoaringTreemap> {
     RoaringTreemap::deserialize_from(bytes)
         .map_err(|e| Error::corrupt(format!("{what} bitmap does not decode: {e}")))
 }

@@ -135,11 +135,8 @@ impl Image {
             .map_err(|e| e.context("writing the sealed epoch record"))?;
         // The header that names the record must never be durable without it.
         self.inner.backend.flush().await?;
-        let touch_keys: Vec<String> = delta
-            .touched
-            .iter()
-            .map(|o| layout::touch_key(head, crate::ids::ObjectNo(o)))
-            .collect();
+        // Every generation's keys (checkpoint.rs); only generation 0 without one.
+        let touch_keys: Vec<String> = self.state().gens.all_keys(head);
         if let Some(m) = header.epochs.get_mut(&head) {
             m.state = EpochState::Sealed;
         }
@@ -180,6 +177,7 @@ impl Image {
         )?;
         st.chain = chain;
         st.touched.clear();
+        st.gens = Default::default();
         if !keep_cache {
             st.cache.clear();
         }
@@ -205,6 +203,7 @@ impl Image {
             return Err(Error::exists(format!("snapshot {name} already exists")));
         }
         let old_head = header.head;
+        let checkpointed = self.state().gens.current > 0;
         let (mut header, touch_keys, delta) = self.seal_head(header).await?;
         let snap = SnapRecord {
             id: SnapId(header.next_snap),
@@ -222,6 +221,9 @@ impl Image {
         self.install_new_head(header, Some((old_head, delta)), EpochDelta::default(), true)
             .map_err(|e| self.poison(e))?;
         self.flush_committed().await?;
+        if checkpointed {
+            self.drop_checkpoint(old_head).await;
+        }
         self.want_reclaim();
         Ok(SnapInfo::from(&snap))
     }
@@ -431,6 +433,7 @@ impl Image {
         let geo = self.inner.geo;
         let gs = geo.grain_size;
         let old_head = header.head;
+        let checkpointed = self.state().gens.current > 0;
         let (mut header, touch_keys, delta) = self.seal_head(header).await?;
         let from = geo.grains_for(new_size);
         let to = geo.grains_for(old_size);
@@ -457,6 +460,9 @@ impl Image {
         self.install_new_head(header, Some((old_head, delta)), head_delta, false)
             .map_err(|e| self.poison(e))?;
         self.flush_committed().await?;
+        if checkpointed {
+            self.drop_checkpoint(old_head).await;
+        }
         // The tail of a partial last grain must read as zeros if regrown.
         if !new_size.is_multiple_of(gs) {
             let tail_end = new_size.div_ceil(gs) * gs;

@@ -6,9 +6,10 @@
 use crate::backend::ext::{BackendExt, NotFoundExt};
 use crate::backend::{Action, Backend, Guard, WriteOp};
 use crate::error::{Error, ErrorKind, Result};
+use crate::head_recovery::recover_open_epoch;
 use crate::header_format;
 use crate::ids::{Epoch, ImageId, ObjectNo};
-use crate::image::{Image, ImageOptions, Inner, State, View, GRAIN_DATA, GRAIN_ZERO, OWNER_XATTR};
+use crate::image::{Image, ImageOptions, Inner, State, View, OWNER_XATTR};
 use crate::layout::{self, Geometry};
 use crate::lineage::{Chain, Link};
 use crate::range_lock::RangeLock;
@@ -21,7 +22,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
 
 /// How many metadata reads open issues at once.
-const OPEN_PARALLELISM: usize = 32;
+pub(crate) const OPEN_PARALLELISM: usize = 32;
 
 /// Options for [`Store::create`].
 #[derive(Debug, Clone, Copy)]
@@ -140,62 +141,6 @@ pub(crate) fn path(h: &HeaderRecord, start: Epoch) -> Vec<Epoch> {
         cur = h.epochs.get(&e).and_then(|m| m.parent);
     }
     out
-}
-
-/// Rebuilds the open epoch's delta from the grain-state omaps of its objects.
-pub(crate) async fn recover_open_epoch(
-    backend: &dyn Backend,
-    h: &HeaderRecord,
-    geo: &Geometry,
-) -> Result<EpochDelta> {
-    let hdr = layout::header_object(&h.id);
-    let touch = backend
-        .omap_all(&hdr, &layout::touch_prefix(h.head))
-        .await?;
-    let mut objects = Vec::with_capacity(touch.len());
-    for (k, _) in &touch {
-        let (e, o) = layout::parse_touch_key(k)?;
-        if e == h.head {
-            objects.push(o);
-        }
-    }
-    let mut delta = EpochDelta::default();
-    if let Some((from, to)) = h.head_truncated {
-        if from < to {
-            delta.zero.insert_range(from..to);
-        }
-    }
-    let gpo = geo.grains_per_object();
-    let states: Vec<(ObjectNo, Vec<(String, Bytes)>)> = stream::iter(objects)
-        .map(|o| async move {
-            let oid = layout::data_object(&h.id, o, h.head);
-            let kv = backend.omap_all(&oid, "").await.or_absent();
-            kv.map(|kv| (o, kv.unwrap_or_default()))
-                .map_err(|e| e.context(format!("recovering {oid}")))
-        })
-        .buffer_unordered(OPEN_PARALLELISM)
-        .try_collect()
-        .await?;
-    for (o, kvs) in states {
-        delta.touched.insert(o.0);
-        let first = geo.first_grain(o);
-        for (k, v) in kvs {
-            let g = first + u64::from(layout::parse_grain_key(&k, gpo)?);
-            if v.as_ref() == GRAIN_DATA {
-                delta.zero.remove(g);
-                delta.data.insert(g);
-            } else if v.as_ref() == GRAIN_ZERO {
-                delta.data.remove(g);
-                delta.zero.insert(g);
-            } else {
-                return Err(Error::corrupt(format!(
-                    "grain state {v:?} for key {k} of object {} is neither D nor Z",
-                    o.0
-                )));
-            }
-        }
-    }
-    Ok(delta)
 }
 
 /// Links into the parent images of a clone, newest first.
@@ -500,16 +445,12 @@ impl Store {
             .map_err(|e| e.context(format!("opening image {name}")))?;
         let (geo, state) = self.load_head(name, id).await?;
         let image = self.assemble(id.clone(), geo, View::Head, Some(cookie.to_string()), state);
-        // Objects already registered in the open epoch need no new touch key.
+        // Objects registered under a generation the newest checkpoint does
+        // not cover need no new touch key (checkpoint.rs).
         {
             let mut st = image.state();
-            let touched: Vec<u64> = st
-                .chain
-                .links
-                .first()
-                .map(|l| l.delta.touched.iter().collect())
-                .unwrap_or_default();
-            for o in touched {
+            let registered: Vec<u64> = st.gens.registered().iter().collect();
+            for o in registered {
                 st.touched.insert(
                     ObjectNo(o),
                     Arc::new(tokio::sync::OnceCell::new_with(Some(()))),
@@ -540,7 +481,8 @@ impl Store {
         }
         let geo = Geometry::new(header.object_size, header.grain_size)?;
         let deltas = self.load_deltas(&mut header, None).await?;
-        let head_delta = Arc::new(recover_open_epoch(&*self.backend, &header, &geo).await?);
+        let (head_delta, gens) = recover_open_epoch(&*self.backend, &header, &geo).await?;
+        let head_delta = Arc::new(head_delta);
         let mut chain = Chain::default();
         let parent_links =
             parent_links(&*self.backend, header.parent.clone(), &geo, &mut chain).await?;
@@ -563,6 +505,7 @@ impl Store {
                 touched: HashMap::new(),
                 cache: HashMap::new(),
                 size,
+                gens,
             },
         ))
     }
@@ -614,6 +557,7 @@ impl Store {
             touched: HashMap::new(),
             cache: HashMap::new(),
             size: s.size,
+            gens: Default::default(),
         })
     }
 
@@ -642,6 +586,7 @@ impl Store {
                 touch_batch: Mutex::new(Default::default()),
                 control: Mutex::new(None),
                 reclaim_wanted: std::sync::atomic::AtomicBool::new(false),
+                checkpoint_wanted: std::sync::atomic::AtomicBool::new(false),
             }),
         }
     }

@@ -188,6 +188,9 @@ struct CloneState {
 fn options() -> ImageOptions {
     ImageOptions {
         owner_timeout: Duration::from_millis(500),
+        // Background head checkpoints all the time, racing the writers,
+        // the faults and the crashes.
+        checkpoint_objects: 2,
         ..ImageOptions::default()
     }
 }

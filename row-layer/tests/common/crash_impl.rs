@@ -33,6 +33,8 @@ pub enum Op {
     },
     /// A reclaim pass now: trims, merges, garbage deletion.
     Reclaim,
+    /// A head checkpoint now (checkpoint.rs).
+    Checkpoint,
 }
 
 pub fn op() -> impl Strategy<Value = Op> {
@@ -45,6 +47,7 @@ pub fn op() -> impl Strategy<Value = Op> {
         2 => (0usize..6).prop_map(|which| Op::RemoveSnap { which }),
         1 => (0usize..6).prop_map(|which| Op::Bookmark { which }),
         2 => Just(Op::Reclaim),
+        3 => Just(Op::Checkpoint),
     ]
 }
 
@@ -184,6 +187,14 @@ pub async fn run_with<F>(
                 r.is_ok()
             }
             Op::Reclaim => img.reclaim().await.is_ok(),
+            Op::Checkpoint => {
+                // It flushes before its record: everything before is durable.
+                let r = img.checkpoint().await;
+                if r.is_ok() {
+                    o.flushed();
+                }
+                r.is_ok()
+            }
         };
         if !ok {
             assert!(

@@ -58,6 +58,10 @@ pub enum Op {
     Flatten {
         img: usize,
     },
+    /// Checkpoints the head (checkpoint.rs); reopen then recovers from it.
+    Checkpoint {
+        img: usize,
+    },
 }
 
 pub const SIZE: u64 = 3 * OBJ;
@@ -77,7 +81,8 @@ pub fn op() -> impl Strategy<Value = Op> {
         1 => (img.clone(), (OBJ / 2)..(4 * OBJ)).prop_map(|(img, size)| Op::Resize { img, size }),
         1 => img.clone().prop_map(|img| Op::Reopen { img }),
         1 => (img.clone(), 0usize..8).prop_map(|(img, which)| Op::Bookmark { img, which }),
-        1 => img.prop_map(|img| Op::Flatten { img }),
+        1 => img.clone().prop_map(|img| Op::Flatten { img }),
+        2 => img.prop_map(|img| Op::Checkpoint { img }),
     ]
 }
 
@@ -221,6 +226,14 @@ impl World {
                 let m = &mut self.images[i];
                 m.handle.resize(size).await.expect("resize");
                 m.head.resize(size as usize, 0);
+            }
+            Op::Checkpoint { img } => {
+                let i = self.pick(img);
+                self.images[i]
+                    .handle
+                    .checkpoint()
+                    .await
+                    .expect("checkpoint");
             }
             Op::Reopen { img } => {
                 let i = self.pick(img);
