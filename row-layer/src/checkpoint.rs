@@ -20,11 +20,11 @@
 //! record with every key it needs (keys go only after the new record is
 //! durable), or the new one.
 
-use crate::backend::{Action, Guard, WriteOp};
+use crate::backend::{Action, WriteOp};
 use crate::ckpt_record::HeadCheckpoint;
 use crate::error::{Error, ErrorKind, Result};
 use crate::ids::ObjectNo;
-use crate::image::{Image, OWNER_XATTR};
+use crate::image::Image;
 use crate::layout;
 use bytes::Bytes;
 use roaring::RoaringTreemap;
@@ -201,21 +201,9 @@ impl Image {
                 })
                 .collect()
         };
-        let cookie = self.inner.cookie.clone().unwrap_or_default();
-        let op = WriteOp::new()
-            .guard(Guard::XattrEquals(OWNER_XATTR.into(), Bytes::from(cookie)))
-            .action(Action::OmapRemove(keys));
-        self.inner
-            .backend
-            .operate(&layout::header_object(&self.inner.id), op)
+        self.owner_header_op(vec![Action::OmapRemove(keys)])
             .await
-            .map_err(|e| match e.kind() {
-                ErrorKind::PreconditionFailed => self.poison(Error::new(
-                    ErrorKind::Fenced,
-                    "another client took ownership of the image",
-                )),
-                _ => e.context("removing touch keys a checkpoint covers"),
-            })?;
+            .map_err(|e| e.context("removing touch keys a checkpoint covers"))?;
         let mut st = self.state();
         if st.header.head == head {
             for g in gens {

@@ -260,6 +260,28 @@ impl Image {
 
     /// Marks the handle unusable after a metadata write whose outcome is
     /// unknown; returns the error for `?`.
+    /// Applies `actions` to the header object in one op guarded by this
+    /// handle's owner cookie. A guard that fails means another client took
+    /// the image: the handle is poisoned and the error is `Fenced`. Other
+    /// errors come back as they are, for the caller to judge.
+    pub(crate) async fn owner_header_op(&self, actions: Vec<Action>) -> Result<()> {
+        let cookie = self.inner.cookie.clone().unwrap_or_default();
+        let mut op =
+            WriteOp::new().guard(Guard::XattrEquals(OWNER_XATTR.into(), Bytes::from(cookie)));
+        op.actions = actions;
+        self.inner
+            .backend
+            .operate(&layout::header_object(&self.inner.id), op)
+            .await
+            .map_err(|e| match e.kind() {
+                ErrorKind::PreconditionFailed => self.poison(Error::new(
+                    ErrorKind::Fenced,
+                    "another client took ownership of the image",
+                )),
+                _ => e,
+            })
+    }
+
     pub(crate) fn poison(&self, e: Error) -> Error {
         let mut p = self
             .inner
@@ -781,26 +803,14 @@ impl Image {
                 }
                 std::mem::take(&mut b.queue)
             };
-            let cookie = self.inner.cookie.clone().unwrap_or_default();
             let keys: Vec<(String, Bytes)> = batch
                 .iter()
                 .map(|(e, g, o, _)| (layout::touch_key_gen(*e, *g, *o), Bytes::new()))
                 .collect();
-            let op = WriteOp::new()
-                .guard(Guard::XattrEquals(OWNER_XATTR.into(), Bytes::from(cookie)))
-                .action(Action::OmapSet(keys));
             let mut result = self
-                .inner
-                .backend
-                .operate(&layout::header_object(&self.inner.id), op)
+                .owner_header_op(vec![Action::OmapSet(keys)])
                 .await
-                .map_err(|e| match e.kind() {
-                    ErrorKind::PreconditionFailed => self.poison(Error::new(
-                        ErrorKind::Fenced,
-                        "another client took ownership of the image",
-                    )),
-                    _ => e.context("registering data objects"),
-                });
+                .map_err(|e| e.context("registering data objects"));
             if result.is_ok() {
                 result = self.inner.backend.flush().await;
             }

@@ -10,11 +10,11 @@
 //! header. None of them touches data objects; the reclaimer does that later.
 
 use crate::backend::ext::{BackendExt, NotFoundExt};
-use crate::backend::{Action, Guard, WriteOp};
+use crate::backend::{Action, WriteOp};
 use crate::error::{Error, ErrorKind, Result};
 use crate::header_format;
 use crate::ids::{Epoch, SnapId};
-use crate::image::{Image, OWNER_XATTR};
+use crate::image::Image;
 use crate::layout;
 use crate::lineage::Chain;
 use crate::records::{
@@ -62,22 +62,13 @@ impl Image {
         header: &mut HeaderRecord,
         extra: Vec<Action>,
     ) -> Result<()> {
-        let cookie = self.inner.cookie.clone().unwrap_or_default();
-        let mut op =
-            WriteOp::new().guard(Guard::XattrEquals(OWNER_XATTR.into(), Bytes::from(cookie)));
         // The handle's header is the committed one: commits run under the
         // gate, and memory follows each commit before anything else runs.
-        op.actions = header_format::commit_actions(header, Some(&self.state().header))?;
-        op.actions.extend(extra);
-        self.inner
-            .backend
-            .operate(&layout::header_object(&self.inner.id), op)
+        let mut actions = header_format::commit_actions(header, Some(&self.state().header))?;
+        actions.extend(extra);
+        self.owner_header_op(actions)
             .await
             .map_err(|e| match e.kind() {
-                ErrorKind::PreconditionFailed => self.poison(Error::new(
-                    ErrorKind::Fenced,
-                    "another client took ownership of the image",
-                )),
                 // Refused by a full pool: nothing was applied, the handle
                 // stays usable.
                 ErrorKind::NoSpace => e.context("committing the image header"),
