@@ -28,6 +28,8 @@ use crate::records::{
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
+use std::time::Duration;
+use tokio::time::Instant;
 
 /// One header entry stored in the header object's omap.
 pub const HEADER_ENTRY: RecordType = RecordType {
@@ -362,14 +364,20 @@ fn merge_diff<K: Ord, V: PartialEq>(old: Vec<(K, V)>, new: Vec<(K, V)>) -> Vec<C
     out
 }
 
-/// Times a reader lists a format-2 header's entries before giving up
-/// because commits keep landing in between.
-const HEADER_READ_ATTEMPTS: usize = 16;
+/// How long a reader keeps starting over while commits land between its
+/// two payload reads (a reclaim pass commits once per epoch it trims,
+/// splices or deletes, in a burst), before it reports `Busy`.
+const HEADER_READ_PATIENCE: Duration = Duration::from_secs(30);
+/// The longest pause between two attempts.
+const HEADER_READ_MAX_PAUSE: Duration = Duration::from_millis(100);
 
 /// Reads the committed header of image `id`, in either format. A format-2
 /// header's entries are listed between two reads of its payload; if the
 /// payload changed (another commit landed), the listing may mix two commits
-/// and is taken again.
+/// and is taken again after a pause that doubles up to 100 ms, for up to
+/// 30 s. A reader can thus be held off by an owner that commits without
+/// pause for that long; a compound read op (payload and entries in one
+/// atomic read) would remove the window (DESIGN §9).
 pub async fn read_header(backend: &dyn Backend, id: &ImageId) -> Result<HeaderRecord> {
     let oid = layout::header_object(id);
     let read = || async {
@@ -378,8 +386,10 @@ pub async fn read_header(backend: &dyn Backend, id: &ImageId) -> Result<HeaderRe
             .await
             .map_err(|e| e.context(format!("reading header of image {id}")))
     };
+    let started = Instant::now();
+    let mut pause = Duration::from_millis(1);
     let mut bytes = read().await?;
-    for _ in 0..HEADER_READ_ATTEMPTS {
+    loop {
         let core = match StoredHeader::decode(&bytes)? {
             StoredHeader::Whole(h) => return Ok(h),
             StoredHeader::Split(core) => core,
@@ -392,10 +402,17 @@ pub async fn read_header(backend: &dyn Backend, id: &ImageId) -> Result<HeaderRe
         if again == bytes {
             return core.assemble(&entries);
         }
-        bytes = again;
+        if started.elapsed() > HEADER_READ_PATIENCE {
+            return Err(Error::new(
+                ErrorKind::Busy,
+                format!(
+                    "header of image {id} kept changing while it was read for {} s",
+                    HEADER_READ_PATIENCE.as_secs()
+                ),
+            ));
+        }
+        tokio::time::sleep(pause).await;
+        pause = (pause * 2).min(HEADER_READ_MAX_PAUSE);
+        bytes = read().await?;
     }
-    Err(Error::new(
-        ErrorKind::Busy,
-        format!("header of image {id} changed under {HEADER_READ_ATTEMPTS} reads in a row"),
-    ))
 }
