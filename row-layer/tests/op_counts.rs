@@ -348,6 +348,15 @@ async fn sequential_reads_after_random_overwrites_cost_one_read_per_source_span(
 }
 
 /// Writes one grain into each of objects `objs` (4 MiB objects).
+/// The ops of opening image "img" of `store` and closing it again.
+async fn open_close_counts(fault: &FaultBackend, store: &Store) -> OpCounts {
+    counted(fault, async {
+        let img = store.open("img").await.expect("open");
+        img.close().await.expect("close");
+    })
+    .await
+}
+
 async fn touch_objects(img: &Image, objs: std::ops::Range<u64>) {
     for o in objs {
         img.write(o * (4 << 20), pattern(o, 4096))
@@ -398,44 +407,17 @@ async fn open_after_a_checkpoint_lists_only_objects_registered_since() {
     );
     touch_objects(&img, 200..202).await;
     img.close().await.expect("close");
-    let reopened = counted(&fault, async {
-        store
-            .open("img")
-            .await
-            .expect("open")
-            .close()
-            .await
-            .expect("close");
-    })
-    .await;
+    let reopened = open_close_counts(&fault, &store).await;
 
     // The same history without a checkpoint, on a second store.
     let (fault2, store2, img2) = setup(1 << 30).await;
     touch_objects(&img2, 0..3).await;
     img2.close().await.expect("close");
-    let few = counted(&fault2, async {
-        store2
-            .open("img")
-            .await
-            .expect("open")
-            .close()
-            .await
-            .expect("close");
-    })
-    .await;
+    let few = open_close_counts(&fault2, &store2).await;
     let (fault3, store3, img3) = setup(1 << 30).await;
     touch_objects(&img3, 0..202).await;
     img3.close().await.expect("close");
-    let many = counted(&fault3, async {
-        store3
-            .open("img")
-            .await
-            .expect("open")
-            .close()
-            .await
-            .expect("close");
-    })
-    .await;
+    let many = open_close_counts(&fault3, &store3).await;
     // Without a checkpoint, open lists every touched object.
     assert_eq!(
         many.metadata_reads - few.metadata_reads,
