@@ -152,7 +152,9 @@ impl Image {
         if grown.data.len() == root.data.len() {
             return Ok(());
         }
-        // Data first, durably; then the record that names it, durably.
+        // Its pack copy goes first (pack.rs); data durably; then the record
+        // that names it, durably.
+        self.unpack(r).await?;
         self.inner.backend.flush().await?;
         let parent_epoch = header.epochs.get(&r).and_then(|m| m.parent);
         self.inner

@@ -38,6 +38,7 @@ use crate::error::{Error, ErrorKind, Result};
 use crate::ids::{Epoch, ImageId, SnapId};
 use crate::image::OWNER_XATTR;
 use crate::layout;
+use crate::pack::{parse_pack_key, PACK_PREFIX};
 use crate::records::{self, EpochDelta, EpochState, HeaderRecord};
 use crate::store::Store;
 use bytes::Bytes;
@@ -133,6 +134,13 @@ pub enum FindingKind {
     UnnamedHeader,
     /// An object under an rbd-row prefix whose name does not parse.
     UnknownObject,
+    /// A `pack.<e>` header entry (pack.rs) that is malformed, does not
+    /// decode, or names an epoch neither live nor garbage: readers skip
+    /// it; only wasted space.
+    StrayPackEntry,
+    /// A pack entry that decodes but differs from its epoch's record
+    /// object: open would map the epoch from the wrong copy.
+    PackMismatch,
 }
 
 impl FindingKind {
@@ -142,10 +150,14 @@ impl FindingKind {
         match self {
             HeadRecord | PendingGarbage => Severity::Info,
             CorruptHeader | UnsupportedVersion | CorruptRecord | UnregisteredClone
-            | MissingParent | MissingHeader | NameConflict | CorruptCheckpoint => Severity::Error,
+            | MissingParent | MissingHeader | NameConflict | CorruptCheckpoint | PackMismatch => {
+                Severity::Error
+            }
             OrphanData | OrphanRecord | CorruptGarbageRecord | LeakedGarbageData
             | StrayTouchKey | StaleChild | HeaderlessObject | MissingIdObject | UnlistedImage
-            | HalfRemoved | UnnamedHeader | UnknownObject | OrphanCheckpoint => Severity::Warning,
+            | HalfRemoved | UnnamedHeader | UnknownObject | OrphanCheckpoint | StrayPackEntry => {
+                Severity::Warning
+            }
         }
     }
 
@@ -160,6 +172,8 @@ impl FindingKind {
                 | CorruptGarbageRecord
                 | LeakedGarbageData
                 | StrayTouchKey
+                | StrayPackEntry
+                | PackMismatch
                 | UnregisteredClone
                 | StaleChild
                 | HeaderlessObject
@@ -196,6 +210,8 @@ impl FindingKind {
             NameConflict => "name-conflict",
             UnnamedHeader => "unnamed-header",
             UnknownObject => "unknown-object",
+            StrayPackEntry => "stray-pack-entry",
+            PackMismatch => "pack-mismatch",
         }
     }
 }
@@ -1009,6 +1025,7 @@ impl Scanner<'_> {
                 stray,
             );
         }
+        self.check_pack(id, &h, name.clone()).await?;
         // As a clone: registered with a live parent snapshot.
         if let Some(p) = &h.parent {
             self.check_parent_link(id, &h, p).await?;
@@ -1016,6 +1033,63 @@ impl Scanner<'_> {
         // As a parent: every registration names a live child of that snapshot.
         if self.inv.children.contains(id) {
             self.check_children(id, name.clone()).await?;
+        }
+        Ok(())
+    }
+
+    /// Every pack entry must be a byte-for-byte copy of a live sealed
+    /// epoch's record (or belong to a garbage epoch, whose entry goes with
+    /// it). An entry whose record object does not read is left alone: it
+    /// may be the only copy (the record finding says so).
+    async fn check_pack(
+        &mut self,
+        id: &ImageId,
+        h: &HeaderRecord,
+        name: Option<String>,
+    ) -> Result<()> {
+        let hdr = layout::header_object(id);
+        let entries = self
+            .b
+            .omap_all(&hdr, PACK_PREFIX)
+            .await
+            .or_absent()?
+            .unwrap_or_default();
+        for (k, v) in entries {
+            let e = match parse_pack_key(&k) {
+                Ok(e) if h.garbage.contains(&e) => continue,
+                Ok(e) => e,
+                Err(_) => Epoch(u64::MAX),
+            };
+            let sealed = h
+                .epochs
+                .get(&e)
+                .is_some_and(|m| m.state == EpochState::Sealed);
+            let finding = if !sealed {
+                Some((
+                    FindingKind::StrayPackEntry,
+                    format!("pack entry {k:?} names no live sealed epoch"),
+                ))
+            } else if let Err(err) = EpochDelta::decode(&v, id, e) {
+                Some((FindingKind::StrayPackEntry, format!("pack entry of epoch {e} does not decode ({}); open reads the record object", err.message())))
+            } else {
+                match self.b.read_all(&layout::epoch_object(id, e)).await.or_absent()? {
+                    Some(rec) if rec != v && EpochDelta::decode(&rec, id, e).is_ok() => Some((
+                        FindingKind::PackMismatch,
+                        format!("pack entry of epoch {e} differs from its record object; open would use the stale copy"),
+                    )),
+                    _ => None,
+                }
+            };
+            if let Some((kind, detail)) = finding {
+                self.push(
+                    name.clone(),
+                    Some(id.clone()),
+                    kind,
+                    hdr.clone(),
+                    Some(k),
+                    detail,
+                );
+            }
         }
         Ok(())
     }
@@ -1356,18 +1430,20 @@ async fn repair_owned(
         findings[i].repaired = r?;
     }
 
-    // 2. Stray touch keys, guarded by our owner cookie.
+    // 2. Stray touch keys and bad pack entries, guarded by our owner cookie.
     let mut keys = Vec::new();
     let mut key_idx = Vec::new();
     for &i in idx {
         let f = &findings[i];
-        if f.kind != FindingKind::StrayTouchKey {
-            continue;
-        }
         let Some(k) = &f.key else { continue };
-        let ok = match layout::parse_touch_key(k) {
-            Ok((e, _)) => e != h.head && !h.epochs.contains_key(&e) && !h.garbage.contains(&e),
-            Err(_) => true,
+        let ok = match f.kind {
+            FindingKind::StrayTouchKey => match layout::parse_touch_key(k) {
+                Ok((e, _)) => e != h.head && !h.epochs.contains_key(&e) && !h.garbage.contains(&e),
+                Err(_) => true,
+            },
+            // A copy: the record object stays, so removing it loses nothing.
+            FindingKind::StrayPackEntry | FindingKind::PackMismatch => k.starts_with(PACK_PREFIX),
+            _ => false,
         };
         if ok {
             keys.push(k.clone());

@@ -77,6 +77,10 @@ pub struct ImageOptions {
     /// The owner also checkpoints the head this long after the last one
     /// when anything was registered since (zero: never by time).
     pub checkpoint_interval: std::time::Duration,
+    /// The owner copies sealed epoch records into the header's omap
+    /// (pack.rs) in the background once this many are not packed yet (0:
+    /// never); open lists that pack and reads only the records it lacks.
+    pub pack_min_epochs: usize,
 }
 
 impl Default for ImageOptions {
@@ -89,6 +93,7 @@ impl Default for ImageOptions {
             reclaim_ops_per_sec: 0,
             checkpoint_objects: 4096,
             checkpoint_interval: std::time::Duration::from_secs(30),
+            pack_min_epochs: 64,
         }
     }
 }
@@ -109,6 +114,11 @@ pub(crate) struct State {
     pub(crate) size: u64,
     /// Registration generations of the open epoch (checkpoint.rs).
     pub(crate) gens: crate::checkpoint::Generations,
+    /// Sealed epochs with a pack entry (pack.rs): exact for the owner, the
+    /// only writer of entries.
+    pub(crate) packed: std::collections::BTreeSet<Epoch>,
+    /// Sealed epochs whose records are too large to pack.
+    pub(crate) unpackable: std::collections::BTreeSet<Epoch>,
 }
 
 pub(crate) struct Inner {

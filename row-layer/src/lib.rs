@@ -33,6 +33,7 @@ pub mod lifecycle;
 pub(crate) mod lineage;
 mod merge;
 pub mod owner;
+pub mod pack;
 pub(crate) mod range_lock;
 pub(crate) mod read_plan;
 pub mod reclaim;

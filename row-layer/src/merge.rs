@@ -47,7 +47,7 @@ use crate::records::{EpochDelta, EpochState, HeaderRecord};
 use bytes::{Bytes, BytesMut};
 use futures::stream::{self, StreamExt, TryStreamExt};
 use roaring::RoaringTreemap;
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 
 /// Objects merged concurrently.
 const MERGE_PARALLELISM: usize = 16;
@@ -55,7 +55,10 @@ const MERGE_PARALLELISM: usize = 16;
 /// The first hidden epoch that can be merged into its parent: both hidden
 /// (sealed, no snapshot, no bookmark) and the parent has no other child.
 /// Parents come before children, so a chain of hidden epochs folds into
-/// its oldest member one by one.
+/// its oldest member one by one. O(epochs log epochs): it runs after every
+/// transition, so at 10,000 snapshots a scan of all epochs per epoch (as it
+/// was) kept the control task busy for most of a second after each
+/// snapshot create (snap-ops, profiled with perf).
 pub(crate) fn next_merge(h: &HeaderRecord) -> Option<(Epoch, Epoch)> {
     let pinned: BTreeSet<Epoch> = std::iter::once(h.head)
         .chain(h.snapshots.iter().map(|s| s.epoch))
@@ -67,9 +70,13 @@ pub(crate) fn next_merge(h: &HeaderRecord) -> Option<(Epoch, Epoch)> {
                 .get(e)
                 .is_some_and(|m| m.state == EpochState::Sealed)
     };
+    let mut children: BTreeMap<Epoch, usize> = BTreeMap::new();
+    for p in h.epochs.values().filter_map(|m| m.parent) {
+        *children.entry(p).or_default() += 1;
+    }
     h.epochs.iter().find_map(|(e, m)| {
         let p = m.parent?;
-        let only_child = h.epochs.values().filter(|c| c.parent == Some(p)).count() == 1;
+        let only_child = children.get(&p) == Some(&1);
         (hidden(e) && hidden(&p) && only_child).then_some((*e, p))
     })
 }
@@ -129,6 +136,7 @@ impl Image {
         let (grown, record, objects, zeroed_objects) =
             cpu(grains, move || merge_plan(geo, &id, p, parent, &pd2, &ed2)).await??;
         drop(pd);
+        self.unpack(p).await?;
         let backend = &self.inner.backend;
         pacer.op().await;
         backend

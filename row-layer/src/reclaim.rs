@@ -96,7 +96,8 @@ impl Image {
         if self.merge_hidden(&pacer).await? {
             self.delete_garbage(&pacer).await?;
         }
-        Ok(())
+        // Last, so that it copies the records the pass left (pack.rs).
+        self.pack_now(&pacer).await
     }
 
     async fn collect_unreachable(&self) -> Result<()> {
@@ -181,6 +182,7 @@ impl Image {
                 .await?;
             let mut header = self.header();
             header.garbage.retain(|e| *e != g);
+            keys.push(crate::pack::pack_key(g));
             self.commit_header(&mut header, vec![Action::OmapRemove(keys)])
                 .await?;
             self.state().header = header;
@@ -285,6 +287,7 @@ impl Image {
         else {
             return Ok(already_empty);
         };
+        self.unpack(e).await?;
         let backend = self.inner.backend.clone();
         stream::iter(ops)
             .map(|(oid, op)| {

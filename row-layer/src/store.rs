@@ -12,13 +12,14 @@ use crate::ids::{Epoch, ImageId, ObjectNo};
 use crate::image::{Image, ImageOptions, Inner, State, View, OWNER_XATTR};
 use crate::layout::{self, Geometry};
 use crate::lineage::{Chain, Link};
+use crate::pack::list_pack;
 use crate::range_lock::RangeLock;
 use crate::records::{
     EpochDelta, EpochMeta, EpochState, HeaderRecord, ParentLink, SnapRecord, Timestamp,
 };
 use bytes::Bytes;
 use futures::stream::{self, StreamExt, TryStreamExt};
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::{Arc, Mutex};
 
 /// How many metadata reads open issues at once.
@@ -83,21 +84,49 @@ pub(crate) async fn read_epoch(
 /// Header re-reads a loader makes when records its header named vanished.
 const STALE_HEADER_RETRIES: usize = 8;
 
-/// The records of the epochs `wanted` picks from `header`, read
-/// concurrently. A handle that does not own the image (a read-only view, a
+/// Records loaded for a view, and which of them came from the pack.
+pub(crate) type Records = (HashMap<Epoch, Arc<EpochDelta>>, BTreeSet<Epoch>);
+
+/// The records of the epochs `wanted` picks from `header`. When any is
+/// wanted, the header's record pack is listed first (pack.rs) and only the
+/// records it lacks are read, concurrently. (So the owner, which wants
+/// every sealed epoch, knows exactly which have entries it must remove
+/// before a rewrite.) A handle that does not own the image (a read-only view, a
 /// clone reading its parent) reads the header while the owner's reclaimer
 /// may delete epochs it names: when a record is missing, the header is read
 /// again and, if it changed, replaces `header` and the records are loaded
-/// for it. A record missing under an unchanged header is corruption.
+/// for it (the pack listed again too). A record missing under an unchanged
+/// header is corruption.
 pub(crate) async fn read_records(
     backend: &dyn Backend,
     header: &mut HeaderRecord,
     wanted: impl Fn(&HeaderRecord) -> Vec<Epoch>,
-) -> Result<HashMap<Epoch, Arc<EpochDelta>>> {
+) -> Result<Records> {
     let mut missing = Vec::new();
     for _ in 0..STALE_HEADER_RETRIES {
         let h = &*header;
-        let loaded: Vec<(Epoch, Option<EpochDelta>)> = stream::iter(wanted(h))
+        let want = wanted(h);
+        let pack = if !want.is_empty() {
+            list_pack(backend, &h.id).await?
+        } else {
+            BTreeMap::new()
+        };
+        // Entries that decode (and those of epochs not wanted): the owner
+        // removes them before a rewrite; a damaged one is packed again.
+        let mut packed: BTreeSet<Epoch> = pack.keys().copied().collect();
+        let mut loaded: Vec<(Epoch, Option<EpochDelta>)> = Vec::with_capacity(want.len());
+        let mut to_read = Vec::new();
+        for e in want {
+            // A damaged copy is ignored: the object is the authority.
+            match pack.get(&e).map(|b| EpochDelta::decode(b, &h.id, e)) {
+                Some(Ok(d)) => loaded.push((e, Some(d))),
+                _ => {
+                    packed.remove(&e);
+                    to_read.push(e);
+                }
+            }
+        }
+        let read: Vec<(Epoch, Option<EpochDelta>)> = stream::iter(to_read)
             .map(|e| async move {
                 let rec = read_epoch(backend, &h.id, e).await;
                 match rec {
@@ -108,16 +137,18 @@ pub(crate) async fn read_records(
             .buffer_unordered(OPEN_PARALLELISM)
             .try_collect()
             .await?;
+        loaded.extend(read);
         missing = loaded
             .iter()
             .filter(|(_, d)| d.is_none())
             .map(|(e, _)| layout::epoch_object(&h.id, *e))
             .collect();
         if missing.is_empty() {
-            return Ok(loaded
+            let deltas = loaded
                 .into_iter()
                 .filter_map(|(e, d)| d.map(|d| (e, Arc::new(d))))
-                .collect());
+                .collect();
+            return Ok((deltas, packed));
         }
         let newer = read_header(backend, &header.id).await?;
         if newer == *header {
@@ -161,7 +192,7 @@ pub(crate) async fn parent_links(
         let mut ph = read_header(backend, &p.image)
             .await
             .map_err(|e| e.context("opening the parent of a clone"))?;
-        let mut records = read_records(backend, &mut ph, |h| path(h, p.epoch)).await?;
+        let (mut records, _) = read_records(backend, &mut ph, |h| path(h, p.epoch)).await?;
         if ph.object_size != geo.object_size || ph.grain_size != geo.grain_size {
             return Err(Error::corrupt(format!(
                 "parent {} has a different geometry than its clone",
@@ -480,7 +511,7 @@ impl Store {
             return Err(Error::not_found(format!("image {name} is being removed")));
         }
         let geo = Geometry::new(header.object_size, header.grain_size)?;
-        let deltas = self.load_deltas(&mut header, None).await?;
+        let (deltas, packed) = self.load_deltas(&mut header, None).await?;
         let (head_delta, gens) = recover_open_epoch(&*self.backend, &header, &geo).await?;
         let head_delta = Arc::new(head_delta);
         let mut chain = Chain::default();
@@ -506,6 +537,8 @@ impl Store {
                 cache: HashMap::new(),
                 size,
                 gens,
+                packed,
+                unpackable: BTreeSet::new(),
             },
         ))
     }
@@ -535,7 +568,7 @@ impl Store {
         s: &SnapRecord,
         geo: &Geometry,
     ) -> Result<State> {
-        let deltas = self.load_deltas(&mut header, None).await?;
+        let (deltas, packed) = self.load_deltas(&mut header, None).await?;
         if !header.snapshots.iter().any(|x| x.id == s.id) {
             return Err(Error::not_found(format!(
                 "snapshot {} was removed while it was being opened",
@@ -558,6 +591,8 @@ impl Store {
             cache: HashMap::new(),
             size: s.size,
             gens: Default::default(),
+            packed,
+            unpackable: BTreeSet::new(),
         })
     }
 
@@ -592,11 +627,7 @@ impl Store {
     }
 
     /// Loads the records of the sealed epochs on the path of `only` (or all).
-    async fn load_deltas(
-        &self,
-        h: &mut HeaderRecord,
-        only: Option<Epoch>,
-    ) -> Result<HashMap<Epoch, Arc<EpochDelta>>> {
+    async fn load_deltas(&self, h: &mut HeaderRecord, only: Option<Epoch>) -> Result<Records> {
         read_records(&*self.backend, h, |h| match only {
             Some(e) => path(h, e),
             None => h

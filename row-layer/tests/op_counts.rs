@@ -448,3 +448,68 @@ async fn open_after_a_checkpoint_lists_only_objects_registered_since() {
         }
     );
 }
+
+/// The record pack (pack.rs): a pass that packs N records costs a flush,
+/// N record reads and one header op per 256 entries; afterwards open reads
+/// no record object, and otherwise costs what it cost before (the pack is
+/// listed either way).
+#[tokio::test]
+async fn packing_costs_one_read_per_record_and_open_then_reads_none() {
+    const SNAPS: u64 = 40;
+    let opened = |pack_min_epochs: usize| async move {
+        let fault = Arc::new(FaultBackend::new(Arc::new(MemBackend::new())));
+        let store = Store::new(fault.clone() as Arc<dyn Backend>).with_image_options(
+            row_layer::ImageOptions {
+                pack_min_epochs,
+                ..row_layer::ImageOptions::default()
+            },
+        );
+        store
+            .create("img", CreateOptions::with_size(64 << 20))
+            .await
+            .expect("create");
+        let img = store.open("img").await.expect("open");
+        for s in 0..SNAPS - 1 {
+            img.write(s * 4096, pattern(s, 4096)).await.expect("write");
+            img.snap_create(&format!("s{s}")).await.expect("snap");
+        }
+        img.reclaim().await.expect("reclaim");
+        img.write(0, pattern(99, 4096)).await.expect("write");
+        img.snap_create("last").await.expect("snap");
+        let pass = counted(&fault, async { img.reclaim().await.expect("reclaim") }).await;
+        img.close().await.expect("close");
+        (pass, open_close_counts(&fault, &store).await)
+    };
+    let (pass, packed) = opened(SNAPS as usize).await;
+    let (idle, plain) = opened(0).await;
+    assert_eq!(idle, OpCounts::default(), "nothing to reclaim or pack");
+    assert_eq!(
+        pass,
+        OpCounts {
+            reads: SNAPS,
+            metadata_reads: 0,
+            mutations: 1,
+            flushes: 1
+        },
+        "pack of {SNAPS} records"
+    );
+    assert_eq!(
+        packed,
+        OpCounts {
+            reads: plain.reads - SNAPS,
+            ..plain
+        }
+    );
+    // Reads: id object, header payload twice. Metadata reads: the header's
+    // entries (80 < one page), the pack, the checkpoint stat twice, one
+    // (empty) page of touch keys: the head is empty after "last".
+    assert_eq!(
+        packed,
+        OpCounts {
+            reads: 3,
+            metadata_reads: 1 + 1 + 2 + 1,
+            mutations: 1,
+            flushes: 1
+        }
+    );
+}

@@ -103,7 +103,13 @@ pub async fn run_with<F>(
     F: FnOnce() -> std::pin::Pin<Box<dyn std::future::Future<Output = Arc<dyn Backend>>>>,
 {
     let fault = Arc::new(FaultBackend::new(live));
-    let store = Store::new(fault.clone() as Arc<dyn Backend>);
+    // Reclaim passes pack every sealed record (pack.rs): crashes land
+    // between pack entries, their removals and the record rewrites too.
+    let store =
+        Store::new(fault.clone() as Arc<dyn Backend>).with_image_options(row_layer::ImageOptions {
+            pack_min_epochs: 1,
+            ..row_layer::ImageOptions::default()
+        });
     store.create("img", small_opts(SIZE)).await.expect("create");
     let img = store.open("img").await.expect("open");
     img.flush().await.expect("flush");

@@ -342,7 +342,12 @@ impl World {
 
 /// Runs `ops` on a fresh image in `backend`, checking against the oracle.
 pub async fn run_on(backend: Arc<dyn Backend>, ops: Vec<Op>) {
-    let store = Store::new(backend);
+    // Every background pass packs the sealed records (pack.rs), so the
+    // model covers the pack and the entry removals before rewrites.
+    let store = Store::new(backend).with_image_options(row_layer::ImageOptions {
+        pack_min_epochs: 1,
+        ..row_layer::ImageOptions::default()
+    });
     store.create("img", small_opts(SIZE)).await.expect("create");
     let handle = store.open("img").await.expect("open");
     let mut world = World {
