@@ -68,6 +68,30 @@ fn time_du(img: &Image, repeats: usize, t: &mut Vec<f64>) -> Result<()> {
     Ok(())
 }
 
+/// The in-memory backend keeps every grain version a live snapshot sees:
+/// 4 KiB per write, so 10,000 snapshots of 256 writes hold 10 GiB. Refuse a
+/// run that would take more than half the memory available now (one did,
+/// and swapped the whole machine).
+fn ensure_fits_in_memory(a: &Args) -> Result<()> {
+    let snaps = a.at.iter().copied().max().unwrap_or(0);
+    let need = snaps * a.writes * 4096;
+    let meminfo = std::fs::read_to_string("/proc/meminfo")?;
+    let avail_kib: u64 = meminfo
+        .lines()
+        .find(|l| l.starts_with("MemAvailable:"))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|v| v.parse().ok())
+        .ok_or_else(|| anyhow::anyhow!("no MemAvailable in /proc/meminfo"))?;
+    anyhow::ensure!(
+        need <= avail_kib * 1024 / 2,
+        "{snaps} snapshots x {} writes would keep {} MiB of grains in memory; {} MiB are available: lower --writes or --at",
+        a.writes,
+        need >> 20,
+        avail_kib >> 10
+    );
+    Ok(())
+}
+
 const GROUP: &str =
     "du (Image::space_usage) on the in-memory backend, image vs no-snapshot control";
 
@@ -75,6 +99,7 @@ const GROUP: &str =
 async fn main() -> Result<()> {
     let a = Args::parse();
     let size = a.size_mib << 20;
+    ensure_fits_in_memory(&a)?;
     let img = image("img", size).await?;
     let control = image("control", size).await?;
     let mut rng = SmallRng::seed_from_u64(9);
