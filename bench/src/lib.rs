@@ -9,6 +9,7 @@ pub mod gateway;
 pub mod plot;
 pub mod proc;
 pub mod raw;
+pub mod record;
 pub mod results;
 pub mod stats;
 pub mod sysinfo;

@@ -15,6 +15,14 @@
 //! ```
 //! `--client fio` uses fio's nbd engine (libnbd) instead of the built-in
 //! pipelined client.
+//!
+//! Issue 9's targets, checked in the record (`bench/results/gateway-reads.md`,
+//! written when the store is Ceph): NBD random reads at every step (32
+//! snapshots in the issue) at least 0.9× the control; NBD reads at least
+//! 0.8× the engine's reads of the same image; and, with `--thin-grains`, NBD
+//! random reads of a 1 TiB thin image with that many random grains written
+//! no slower than those of the filled control, measured alternately in the
+//! same run.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -25,6 +33,7 @@ use anyhow::{anyhow, bail, ensure, Context};
 use clap::{Parser, ValueEnum};
 use rand::{rngs::SmallRng, Rng, SeedableRng};
 use rbd_gateway::{ExportSelection, Gateway, GatewayConfig};
+use rbd_row_bench::results::{Cell, Report, Row, Target};
 use rbd_row_cli::store_select::{self, StoreArgs, StoreTarget, Stores};
 use row_layer::{CreateOptions, Image};
 use row_nbd::proto::*;
@@ -73,7 +82,16 @@ struct Args {
     /// NBD client.
     #[arg(long, value_enum, default_value = "native")]
     client: ClientKind,
+    /// Fill both images sequentially before the random writes.
+    #[arg(long)]
+    fill: bool,
+    /// Random 4 KiB grains written to a third, 1 TiB thin image whose NBD
+    /// reads are compared with the control's (0: no thin image).
+    #[arg(long, default_value_t = 0)]
+    thin_grains: u64,
 }
+
+const GROUP: &str = "Gateway reads: 4 KiB random reads over NBD, image vs no-snapshot control";
 
 fn parse_size(s: &str) -> anyhow::Result<u64> {
     rbd_row_cli::size::parse_size(s, 1).map_err(|e| anyhow!("--size: {}", e.message))
@@ -306,9 +324,9 @@ async fn main() -> anyhow::Result<()> {
             is_default: false,
         }
     };
-    let where_ = match &target {
-        StoreTarget::Local { dir, .. } => format!("local store {}", dir.display()),
-        StoreTarget::Ceph(_) => "Ceph".to_owned(),
+    let (where_, target_kind) = match &target {
+        StoreTarget::Local { dir, .. } => (format!("local store {}", dir.display()), Kind::Local),
+        StoreTarget::Ceph(_) => ("Ceph".to_owned(), Kind::Ceph),
     };
     let stores = Arc::new(Stores::new(target));
     let store = stores
@@ -318,13 +336,19 @@ async fn main() -> anyhow::Result<()> {
         .ok_or_else(|| anyhow!("pool {} not found", args.pool))?;
     let tag = std::process::id();
     let (img_name, ctl_name) = (format!("gwr-img-{tag}"), format!("gwr-ctl-{tag}"));
+    let thin_name = format!("gwr-thin-{tag}");
     for n in [&img_name, &ctl_name] {
         store.create(n, CreateOptions::with_size(size)).await?;
+    }
+    if args.thin_grains > 0 {
+        store
+            .create(&thin_name, CreateOptions::with_size(1 << 40))
+            .await?;
     }
 
     let mut config = GatewayConfig::new(
         stores.clone(),
-        ExportSelection::Only(vec![img_name.clone(), ctl_name.clone()]),
+        ExportSelection::Only(vec![img_name.clone(), ctl_name.clone(), thin_name.clone()]),
     );
     config.default_pool = args.pool.clone();
     config.listen = vec!["127.0.0.1:0".parse()?];
@@ -344,6 +368,11 @@ async fn main() -> anyhow::Result<()> {
         .await
         .map_err(|e| anyhow!("{e}"))?;
 
+    if args.fill {
+        eprintln!("{where_}: filling both images...");
+        rbd_row_bench::fill(&img, 4 << 20, 16).await?;
+        rbd_row_bench::fill(&ctl, 4 << 20, 16).await?;
+    }
     eprintln!(
         "{where_}: writing {} random grains to both images...",
         args.written
@@ -365,6 +394,7 @@ async fn main() -> anyhow::Result<()> {
         "snapshots  image_iops  control_iops  ratio(image/control)  \
          engine_image_iops  engine_control_iops  engine_ratio"
     );
+    let mut report = Report::default();
     let mut taken = 0u32;
     for &target in &args.steps {
         while taken < target {
@@ -374,15 +404,17 @@ async fn main() -> anyhow::Result<()> {
             random_writes(&ctl, args.churn, seed).await?;
             taken += 1;
         }
-        let (mut r, mut c, mut er, mut ec) = (0.0, 0.0, 0.0, 0.0);
-        let n = f64::from(args.rounds);
+        let mut s = [vec![], vec![], vec![], vec![]];
         for round in 0..args.rounds {
             let seed = 1000 * u64::from(round + 1) + u64::from(target);
-            r += measure(&args, addr, &img_name, size, seed).await? / n;
-            c += measure(&args, addr, &ctl_name, size, seed).await? / n;
-            er += engine_reads(&img, args.ops, args.depth, seed + 7).await? / n;
-            ec += engine_reads(&ctl, args.ops, args.depth, seed + 7).await? / n;
+            s[0].push(measure(&args, addr, &img_name, size, seed).await?);
+            s[1].push(measure(&args, addr, &ctl_name, size, seed).await?);
+            s[2].push(engine_reads(&img, args.ops, args.depth, seed + 7).await?);
+            s[3].push(engine_reads(&ctl, args.ops, args.depth, seed + 7).await?);
         }
+        let mean = |v: &[f64]| v.iter().sum::<f64>() / v.len().max(1) as f64;
+        let (r, c, er, ec) = (mean(&s[0]), mean(&s[1]), mean(&s[2]), mean(&s[3]));
+        step_rows(&mut report, &args, target, &s);
         println!(
             "{target:>9}  {r:>10.0}  {c:>12.0}  {:>20.2}  {er:>17.0}  {ec:>19.0}  {:>12.2}",
             r / c,
@@ -390,9 +422,37 @@ async fn main() -> anyhow::Result<()> {
         );
     }
 
+    if args.thin_grains > 0 {
+        thin_rows(
+            &mut report,
+            &args,
+            &registry,
+            addr,
+            (&thin_name, &ctl_name),
+            size,
+        )
+        .await?;
+    }
+    report.about.push((
+        "Workload".into(),
+        format!(
+            "{} MiB image and no-snapshot control{} with {} random 4 KiB grains written, then per snapshot {} more to both; {} rounds per step, each reading the image then the control over NBD ({:?} client: {} reads, {} in flight), then both on the engine handles; one in-process rbd-gateway serves all images",
+            size >> 20,
+            if args.fill { ", filled first," } else { "" },
+            args.written,
+            args.churn,
+            args.rounds,
+            args.client,
+            args.ops,
+            args.depth
+        ),
+    ));
     drop((img, ctl));
     let _ = stop_tx.send(());
     server.await??;
+    if args.thin_grains > 0 {
+        store.remove(&thin_name).await?;
+    }
     let img = store.open(&img_name).await?;
     for s in img.snap_list() {
         img.snap_remove(&s.name).await?;
@@ -400,6 +460,93 @@ async fn main() -> anyhow::Result<()> {
     img.close().await?;
     store.remove(&img_name).await?;
     store.remove(&ctl_name).await?;
+    if matches!(target_kind, Kind::Ceph) {
+        let title = "gateway-reads: NBD reads vs snapshots, the engine and a thin TiB";
+        let path = rbd_row_bench::record::write("gateway-reads", title, true, &report)?;
+        eprintln!("record written to {}", path.display());
+    }
+    Ok(())
+}
+
+enum Kind {
+    Local,
+    Ceph,
+}
+
+/// The rows of one step: NBD image vs control, and NBD vs the engine.
+fn step_rows(report: &mut Report, args: &Args, snaps: u32, s: &[Vec<f64>; 4]) {
+    report.rows.push(
+        Row::new(
+            GROUP,
+            &format!("NBD reads ({:?} client), {snaps} snapshots", args.client),
+            "IOPS",
+            Cell::from_samples(&s[0]),
+        )
+        .control(Cell::from_samples(&s[1]))
+        .target(Target::vs_control("≥ 0.9× control (issue 9)", true, 0.9)),
+    );
+    report.rows.push(
+        Row::new(
+            GROUP,
+            &format!("engine reads (in-process), {snaps} snapshots"),
+            "IOPS",
+            Cell::from_samples(&s[2]),
+        )
+        .control(Cell::from_samples(&s[3])),
+    );
+    let per_round: Vec<f64> = s[0].iter().zip(&s[2]).map(|(n, e)| n / e).collect();
+    report.rows.push(
+        Row::new(
+            GROUP,
+            &format!("NBD reads / engine reads of the same image, {snaps} snapshots (per round)"),
+            "ratio",
+            Cell::from_samples(&per_round),
+        )
+        .target(Target::value("≥ 0.8 (issue 9)", true, 0.8)),
+    );
+}
+
+/// Writes `args.thin_grains` random grains to the 1 TiB thin image, then
+/// reads it and the filled control over NBD alternately.
+async fn thin_rows(
+    report: &mut Report,
+    args: &Args,
+    registry: &rbd_gateway::ImageRegistry,
+    addr: SocketAddr,
+    (thin, ctl): (&str, &str),
+    ctl_size: u64,
+) -> anyhow::Result<()> {
+    let img = registry.image(thin).await.map_err(|e| anyhow!("{e}"))?;
+    eprintln!(
+        "writing {} random grains to the 1 TiB thin image...",
+        args.thin_grains
+    );
+    random_writes(&img, args.thin_grains, 5).await?;
+    let (mut t, mut c) = (Vec::new(), Vec::new());
+    for round in 0..args.rounds {
+        let seed = 77 + u64::from(round);
+        let first_thin = round % 2 == 0;
+        for which in [first_thin, !first_thin] {
+            if which {
+                t.push(measure(args, addr, thin, 1 << 40, seed).await?);
+            } else {
+                c.push(measure(args, addr, ctl, ctl_size, seed).await?);
+            }
+        }
+    }
+    report.rows.push(
+        Row::new(
+            GROUP,
+            &format!(
+                "NBD reads ({:?} client) of a 1 TiB thin image with {} random grains written, vs the filled control",
+                args.client, args.thin_grains
+            ),
+            "IOPS",
+            Cell::from_samples(&t),
+        )
+        .control(Cell::from_samples(&c))
+        .target(Target::vs_control("≥ 1× the filled image (issue 9: no slower)", true, 1.0)),
+    );
     Ok(())
 }
 

@@ -1,23 +1,31 @@
 //! fio's rbd engine through the librbd drop-in (issue 8): ROW images via
 //! `rbd-gateway/librbd`'s `librbd.so.1` against native images via the
 //! system librbd, `rbd_cache=false` on both, side by side in one run
-//! (rounds alternate which system goes first).
+//! (each round rotates which system goes first), next to a ROW control
+//! image that gets the same writes and no snapshots:
 //!
 //! * 4 KiB random writes, iodepth 16, at 0 snapshots (target >= 0.9x);
 //! * the same at 64 snapshots, each snapshot followed by `--churn` random
-//!   writes so native RBD has clones to make (target >= 2x);
+//!   writes on every image (the control's without a snapshot), so native
+//!   RBD has clones to make and ROW epochs to resolve through, as in the
+//!   report's snapshot-scaling row (target >= 2x);
 //! * 4 KiB random reads, iodepth 16, at 0 snapshots (target >= 0.9x).
+//!
+//! Writes the table to `bench/results/librbd-fio.md` (`record`).
 //!
 //! ```sh
 //! tests/ceph/cluster.sh start && eval "$(tests/ceph/cluster.sh env)"
 //! cargo build --release -p rbd-row-librbd
-//! cargo run --release -p rbd-row-bench --bin librbd-fio -- --size-mib 1024
+//! cargo build --release -p rbd-row-bench --bin librbd-fio
+//! target/release/librbd-fio --runtime 10 --rounds 3
 //! ```
 
 use anyhow::{bail, Context};
 use clap::Parser;
+use rbd_row_bench::results::{Cell, Report, Row, Target};
 use row_layer::{CreateOptions, Store};
 use row_rados::{ClusterConfig, RadosCluster};
+use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::Arc;
@@ -33,8 +41,8 @@ struct Args {
     /// Seconds per measurement.
     #[arg(long, default_value_t = 20)]
     runtime: u64,
-    /// Measurements per system and workload (alternating order).
-    #[arg(long, default_value_t = 2)]
+    /// Measurements per system and workload (rotating order).
+    #[arg(long, default_value_t = 3)]
     rounds: u32,
     /// Snapshots for the second write measurement.
     #[arg(long, default_value_t = 64)]
@@ -45,6 +53,9 @@ struct Args {
     /// The drop-in (default: librbd.so next to this executable).
     #[arg(long)]
     lib: Option<PathBuf>,
+    /// Do not write bench/results/librbd-fio.md.
+    #[arg(long)]
+    no_record: bool,
 }
 
 /// One system under test.
@@ -52,7 +63,11 @@ struct Args {
 enum System {
     Native,
     Row,
+    /// The ROW image with the same writes and no snapshots.
+    Control,
 }
+
+const SYSTEMS: [System; 3] = [System::Native, System::Row, System::Control];
 
 struct Bench {
     args: Args,
@@ -60,6 +75,7 @@ struct Bench {
     libdir: tempfile::TempDir,
     native: String,
     row: String,
+    control: String,
 }
 
 impl Bench {
@@ -67,6 +83,7 @@ impl Bench {
         match s {
             System::Native => &self.native,
             System::Row => &self.row,
+            System::Control => &self.control,
         }
     }
 
@@ -89,7 +106,7 @@ impl Bench {
         .args(extra)
         .env("CEPH_CONF", &self.conf)
         .env_remove("LD_LIBRARY_PATH");
-        if s == System::Row {
+        if s != System::Native {
             cmd.env("LD_LIBRARY_PATH", self.libdir.path());
         }
         let out = cmd.output().context("running fio")?;
@@ -116,25 +133,24 @@ impl Bench {
         self.fio(s, rw, &extra)
     }
 
-    /// IOPS of both systems over the rounds, alternating order.
+    /// IOPS of every system over the rounds; round `k` starts with system
+    /// `k mod 3`, so no system always runs first or last.
     fn measure(&self, rw: &str) -> anyhow::Result<Sample> {
-        let (mut n, mut r) = (Vec::new(), Vec::new());
+        let mut iops = [Vec::new(), Vec::new(), Vec::new()];
         for round in 0..self.args.rounds {
-            let order = if round % 2 == 0 {
-                [System::Native, System::Row]
-            } else {
-                [System::Row, System::Native]
-            };
-            for s in order {
-                let iops = self.timed(s, rw)?;
-                eprintln!("  {rw} {s:?} round {round}: {iops:.0} IOPS");
-                match s {
-                    System::Native => n.push(iops),
-                    System::Row => r.push(iops),
-                }
+            for i in 0..SYSTEMS.len() {
+                let k = (i + round as usize) % SYSTEMS.len();
+                let v = self.timed(SYSTEMS[k], rw)?;
+                eprintln!("  {rw} {:?} round {round}: {v:.0} IOPS", SYSTEMS[k]);
+                iops[k].push(v);
             }
         }
-        Ok(Sample { native: n, row: r })
+        let [native, row, control] = iops;
+        Ok(Sample {
+            native,
+            row,
+            control,
+        })
     }
 }
 
@@ -142,35 +158,16 @@ impl Bench {
 struct Sample {
     native: Vec<f64>,
     row: Vec<f64>,
+    control: Vec<f64>,
 }
 
 impl Sample {
-    /// Ratio of the medians, and the lowest and highest ratio of one
-    /// round's ROW run to the same round's native run.
-    fn ratios(&self) -> (f64, f64, f64) {
-        let per: Vec<f64> = self
-            .row
-            .iter()
-            .zip(&self.native)
-            .map(|(r, n)| r / n)
-            .collect();
-        let lo = per.iter().copied().fold(f64::INFINITY, f64::min);
-        let hi = per.iter().copied().fold(0.0, f64::max);
-        (median(&self.row) / median(&self.native), lo, hi)
+    /// The lowest and highest ratio of one round's ROW run to the same
+    /// round's native run.
+    fn round_ratios(&self) -> (f64, f64) {
+        let per = self.row.iter().zip(&self.native).map(|(r, n)| r / n);
+        per.fold((f64::INFINITY, 0.0), |(lo, hi), x| (lo.min(x), hi.max(x)))
     }
-}
-
-fn median(v: &[f64]) -> f64 {
-    let mut v = v.to_vec();
-    v.sort_by(f64::total_cmp);
-    v[v.len() / 2]
-}
-
-/// "median (min-max)" of IOPS.
-fn spread(v: &[f64]) -> String {
-    let lo = v.iter().copied().fold(f64::INFINITY, f64::min);
-    let hi = v.iter().copied().fold(0.0, f64::max);
-    format!("{:.0} ({lo:.0}-{hi:.0})", median(v))
 }
 
 fn rbd(args: &[&str]) -> anyhow::Result<()> {
@@ -194,7 +191,7 @@ fn conf_without_cache(dir: &Path) -> anyhow::Result<PathBuf> {
     Ok(out)
 }
 
-fn lib_dir(lib: Option<PathBuf>) -> anyhow::Result<tempfile::TempDir> {
+fn lib_path(lib: Option<PathBuf>) -> anyhow::Result<PathBuf> {
     let so = match lib {
         Some(p) => p,
         None => std::env::current_exe()?
@@ -208,72 +205,115 @@ fn lib_dir(lib: Option<PathBuf>) -> anyhow::Result<tempfile::TempDir> {
             so.display()
         );
     }
-    let d = tempfile::tempdir()?;
-    std::os::unix::fs::symlink(so.canonicalize()?, d.path().join("librbd.so.1"))?;
-    Ok(d)
+    Ok(so.canonicalize()?)
 }
 
-fn verdict(ratio: f64, target: f64) -> &'static str {
-    if ratio >= target {
-        "met"
-    } else {
-        "MISSED"
-    }
+fn lib_dir(so: &Path) -> anyhow::Result<tempfile::TempDir> {
+    let d = tempfile::tempdir()?;
+    std::os::unix::fs::symlink(so, d.path().join("librbd.so.1"))?;
+    Ok(d)
 }
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
+    anyhow::ensure!(args.rounds > 0, "--rounds must be positive");
     let work = tempfile::tempdir()?;
     let conf = conf_without_cache(work.path())?;
-    let libdir = lib_dir(args.lib.clone())?;
+    let so = lib_path(args.lib.clone())?;
+    let libdir = lib_dir(&so)?;
     let tag = std::process::id();
-    let (native, row) = (
-        format!("librbd-fio-nat-{tag}"),
-        format!("librbd-fio-row-{tag}"),
-    );
     let cluster = RadosCluster::connect(ClusterConfig {
         conf_path: Some(conf.clone()),
         ..ClusterConfig::default()
     })
     .await?;
     let store = Store::new(Arc::new(cluster.open_pool(&args.pool, "").await?));
-    let size = args.size_mib << 20;
-    store.create(&row, CreateOptions::with_size(size)).await?;
-    rbd(&[
-        "create",
-        "--size",
-        &format!("{}M", args.size_mib),
-        &format!("{}/{native}", args.pool),
-    ])?;
     let b = Bench {
+        native: format!("librbd-fio-nat-{tag}"),
+        row: format!("librbd-fio-row-{tag}"),
+        control: format!("librbd-fio-ctl-{tag}"),
         args,
         conf,
         libdir,
-        native,
-        row,
     };
+    let size = b.args.size_mib << 20;
+    for n in [&b.row, &b.control] {
+        store.create(n, CreateOptions::with_size(size)).await?;
+    }
+    rbd(&[
+        "create",
+        "--size",
+        &format!("{}M", b.args.size_mib),
+        &format!("{}/{}", b.args.pool, b.native),
+    ])?;
     let result = run(&b, &store).await;
-    // Clean up both images whatever happened.
+    cleanup(&b, &store).await;
+    let report = result?;
+    let title = format!(
+        "librbd-fio: fio's rbd engine on ROW images through the drop-in, {} MiB images",
+        b.args.size_mib
+    );
+    print!("{}", report.markdown(&title));
+    if !b.args.no_record {
+        let mut report = report;
+        report
+            .about
+            .insert(0, ("Drop-in".into(), format!("`{}`", so.display())));
+        let path = rbd_row_bench::record::write("librbd-fio", &title, true, &report)?;
+        eprintln!("record written to {}", path.display());
+    }
+    Ok(())
+}
+
+/// Removes the three images whatever happened.
+async fn cleanup(b: &Bench, store: &Store) {
     let _ = rbd(&["snap", "purge", &format!("{}/{}", b.args.pool, b.native)]);
     let _ = rbd(&[
         "rm",
         "--no-progress",
         &format!("{}/{}", b.args.pool, b.native),
     ]);
-    if let Ok(img) = store.open(&b.row).await {
-        for s in img.snap_list() {
-            let _ = img.snap_remove(&s.name).await;
+    for n in [&b.row, &b.control] {
+        if let Ok(img) = store.open(n).await {
+            for s in img.snap_list() {
+                let _ = img.snap_remove(&s.name).await;
+            }
+            let _ = img.close().await;
         }
-        let _ = img.close().await;
+        let _ = store.remove(n).await;
     }
-    let _ = store.remove(&b.row).await;
-    result
 }
 
-async fn run(b: &Bench, store: &Store) -> anyhow::Result<()> {
-    eprintln!("filling both images");
-    for s in [System::Native, System::Row] {
+/// `snapshots` snapshots of the native and ROW images, each followed by
+/// `churn` random 4 KiB writes on all three images (fio on the native one,
+/// the engine in this process on the ROW ones: the same engine state the
+/// drop-in would leave).
+async fn take_snapshots(b: &Bench, store: &Store) -> anyhow::Result<()> {
+    let churn = [format!("--number_ios={}", b.args.churn)];
+    let (row, ctl) = (store.open(&b.row).await?, store.open(&b.control).await?);
+    for i in 0..b.args.snapshots {
+        let seed = 100 + u64::from(i);
+        rbd(&[
+            "snap",
+            "create",
+            &format!("{}/{}@s{i}", b.args.pool, b.native),
+        ])?;
+        b.fio(System::Native, "randwrite", &churn)?;
+        row.snap_create(&format!("s{i}")).await?;
+        for img in [&row, &ctl] {
+            rbd_row_bench::random_writes(img, 4096, b.args.churn, 16, seed).await?;
+            img.flush().await?;
+        }
+    }
+    row.close().await?;
+    ctl.close().await?;
+    Ok(())
+}
+
+async fn run(b: &Bench, store: &Store) -> anyhow::Result<Report> {
+    eprintln!("filling the images");
+    for s in SYSTEMS {
         b.fio(s, "write", &["--bs=4M".into(), "--iodepth=4".into()])?;
     }
     eprintln!("0 snapshots");
@@ -283,35 +323,60 @@ async fn run(b: &Bench, store: &Store) -> anyhow::Result<()> {
         "taking {} snapshots with {} writes after each",
         b.args.snapshots, b.args.churn
     );
-    let churn = [format!("--number_ios={}", b.args.churn)];
-    for i in 0..b.args.snapshots {
-        rbd(&[
-            "snap",
-            "create",
-            &format!("{}/{}@s{i}", b.args.pool, b.native),
-        ])?;
-        let img = store.open(&b.row).await?;
-        img.snap_create(&format!("s{i}")).await?;
-        img.close().await?;
-        for s in [System::Native, System::Row] {
-            b.fio(s, "randwrite", &churn)?;
+    take_snapshots(b, store).await?;
+    let wn = b.measure("randwrite")?;
+    Ok(report(
+        b,
+        [
+            ("random writes, 0 snapshots", w0, 0.9),
+            (
+                &format!("random writes, {} snapshots", b.args.snapshots),
+                wn,
+                2.0,
+            ),
+            ("random reads, 0 snapshots", r0, 0.9),
+        ],
+    ))
+}
+
+const GROUP: &str = "fio rbd engine, 4 KiB random I/O, iodepth 16 (issue 8)";
+
+/// The record: one row per target, and the per-round IOPS.
+fn report(b: &Bench, rows: [(&str, Sample, f64); 3]) -> Report {
+    let mut r = Report::default();
+    let a = &b.args;
+    r.about.extend([
+        ("Images".into(), format!("{} MiB, filled first; native with `rbd_cache=false`", a.size_mib)),
+        ("Runs".into(), format!(
+            "{} rounds of {} s (+2 s ramp) per system and workload; round k starts with system k mod 3 (native, ROW, control)",
+            a.rounds, a.runtime
+        )),
+        ("Snapshots".into(), format!(
+            "{} on native and ROW, each followed by {} random 4 KiB writes on native, ROW and the control (no snapshot)",
+            a.snapshots, a.churn
+        )),
+        ("Runtime workers".into(), std::env::var("RBD_ROW_THREADS").unwrap_or_else(|_| "default".into())),
+    ]);
+    let mut rounds = String::from(
+        "| measurement | round | native IOPS | ROW IOPS | control IOPS | ROW / native |\n|---|---|---|---|---|---|\n",
+    );
+    for (name, s, bound) in rows {
+        let (lo, hi) = s.round_ratios();
+        let text = format!("≥ {bound}× native (round ratios {lo:.2}–{hi:.2})");
+        r.rows.push(
+            Row::new(GROUP, name, "IOPS", Cell::from_samples(&s.row))
+                .native(Cell::from_samples(&s.native))
+                .control(Cell::from_samples(&s.control))
+                .target(Target::vs_native(&text, true, bound)),
+        );
+        for (i, ((n, w), c)) in s.native.iter().zip(&s.row).zip(&s.control).enumerate() {
+            let _ = writeln!(
+                rounds,
+                "| {name} | {i} | {n:.0} | {w:.0} | {c:.0} | {:.2} |",
+                w / n
+            );
         }
     }
-    let w64 = b.measure("randwrite")?;
-    println!("fio rbd engine, 4 KiB, iodepth 16, rbd_cache=false, {} MiB images, {} s x {} rounds (median; ratio = ROW median / native median)", b.args.size_mib, b.args.runtime, b.args.rounds);
-    println!("workload   snapshots  native_iops (min-max)  row_iops (min-max)  ratio  round ratios  target  verdict");
-    for (name, snaps, s, target) in [
-        ("randwrite", 0, w0, 0.9),
-        ("randwrite", b.args.snapshots, w64, 2.0),
-        ("randread", 0, r0, 0.9),
-    ] {
-        let (ratio, lo, hi) = s.ratios();
-        println!(
-            "{name:<10} {snaps:>9}  {:>21}  {:>18}  {ratio:>5.2}  {lo:>5.2}-{hi:<5.2}  {target:>5.1}x  {}",
-            spread(&s.native),
-            spread(&s.row),
-            verdict(ratio, target)
-        );
-    }
-    Ok(())
+    r.sections.push(("Per round".into(), rounds));
+    r
 }

@@ -16,11 +16,15 @@
 //! thread's own CPU time; the rest: means); the baseline is the window
 //! starting at round 10. Pick `--window` dividing `rounds - 10` so that
 //! the last window ends at the last round.
+//!
+//! The record (`bench/results/rolling-mem.md`) holds the table and the last
+//! window's ratios to the baseline against the 5% target.
 
 use anyhow::Result;
 use bytes::Bytes;
 use clap::Parser;
 use rand::{rngs::SmallRng, Rng, SeedableRng};
+use rbd_row_bench::results::{Cell, Report, Row, Target};
 use row_layer::backend::fault::FaultBackend;
 use row_layer::backend::mem::MemBackend;
 use row_layer::backend::Backend;
@@ -195,10 +199,12 @@ async fn main() -> Result<()> {
         "# rolling-mem: {} rounds, {} random 4 KiB writes/round on {} MiB, create n / remove n-5; figures are over the {} rounds ending at the round (CPU: the median round; the rest: means), against the first such window (rounds 10 to {})",
         a.rounds, a.writes, a.size_mib, a.window, 9 + a.window
     );
-    println!(
-        "| round | ops/write | CPU µs/write | CPU µs/write control | image/control | vs baseline: ops/write, CPU µs/write, image/control (target ≤ 1.05) | wall µs/write (image, control) | snap create+remove µs | reclaim µs (untimed) | epochs | data objects | stored grains | control grains | elapsed s |"
-    );
-    println!("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|");
+    let mut table = String::new();
+    let mut last: Option<(u64, Acc, Acc)> = None;
+    let header = "| round | ops/write | CPU µs/write | CPU µs/write control | image/control | vs baseline: ops/write, CPU µs/write, image/control (target ≤ 1.05) | wall µs/write (image, control) | snap create+remove µs | reclaim µs (untimed) | epochs | data objects | stored grains | control grains | elapsed s |\n|---|---|---|---|---|---|---|---|---|---|---|---|---|---|";
+    println!("{header}");
+    table.push_str(header);
+    table.push('\n');
     for r in 0..a.rounds {
         let t = Instant::now();
         image.img.snap_create(&format!("s{r}")).await?;
@@ -237,7 +243,7 @@ async fn main() -> Result<()> {
         let epochs = image.img.header().epochs.len();
         let (objects, grains) = stored(&image.mem).await?;
         let (_, control_grains) = stored(&control.mem).await?;
-        println!(
+        let line = format!(
             "| {r} | {:.3} | {:.1} | {:.1} | {:.2} | {:.3}, {:.3}, {:.3} | {:.1}, {:.1} | {:.0} | {:.0} | {epochs} | {objects} | {grains} | {control_grains} | {:.0} |",
             m.ops,
             m.us,
@@ -252,6 +258,55 @@ async fn main() -> Result<()> {
             m.reclaim_us,
             started.elapsed().as_secs_f64(),
         );
+        println!("{line}");
+        table.push_str(&line);
+        table.push('\n');
+        last = Some((r, m, b));
     }
+    let Some((r, m, b)) = last else {
+        anyhow::bail!("no window finished: --rounds must exceed 10 + --window");
+    };
+    record(&a, table, r, m, b)
+}
+
+const GROUP: &str = "Rolling schedule on the in-memory backend: the last window against rounds 10+";
+
+fn record(a: &Args, table: String, r: u64, m: Acc, b: Acc) -> Result<()> {
+    let mut rep = Report::default();
+    rep.about.push((
+        "Workload".into(),
+        format!(
+            "{} rounds of snapshot n / remove n-5 with {} random 4 KiB writes per round on a {} MiB image and on a no-snapshot control (in-memory backend); each figure covers {} rounds; baseline: rounds 10 to {}",
+            a.rounds, a.writes, a.size_mib, a.window, 9 + a.window
+        ),
+    ));
+    let one = |x: f64| Cell::from_samples(&[x]);
+    let target = || Target::value("≤ 1.05 (issue 9: within 5% of round 10)", false, 1.05);
+    rep.rows.push(
+        Row::new(
+            GROUP,
+            &format!(
+                "backend ops per write, round {r} / round 10 ({:.3} / {:.3})",
+                m.ops, b.ops
+            ),
+            "ratio",
+            one(m.ops / b.ops),
+        )
+        .target(target()),
+    );
+    rep.rows.push(
+        Row::new(GROUP, &format!("CPU per write (thread CPU time, median round), round {r} / round 10 ({:.2} / {:.2} µs)", m.us, b.us), "ratio", one(m.us / b.us))
+            .target(target()),
+    );
+    rep.rows.push(Row::new(
+        GROUP,
+        &format!("CPU per write relative to the control, round {r} / round 10"),
+        "ratio",
+        one((m.us / m.control_us) / (b.us / b.control_us)),
+    ));
+    rep.sections.push(("Windows".into(), table));
+    let title = format!("rolling-mem: {} rounds on the in-memory backend", a.rounds);
+    let path = rbd_row_bench::record::write("rolling-mem", &title, false, &rep)?;
+    eprintln!("record written to {}", path.display());
     Ok(())
 }

@@ -13,9 +13,10 @@
 //! complete yet, and never one the caller released after waiting for it
 //! and only then set the fd; librbd queues it just before marking it
 //! complete). Callbacks run on a
-//! library thread (a runtime worker for ROW images, the system librbd's
-//! thread for native ones), never inside the submitting call; as with
-//! librbd they must not block.
+//! library thread (librados' callback thread for ROW reads, see `inline`;
+//! a runtime worker for other ROW calls; the system librbd's thread for
+//! native ones), never inside the submitting call; as with librbd they
+//! must not block.
 
 use crate::events::Events;
 use std::ffi::{c_int, c_void};

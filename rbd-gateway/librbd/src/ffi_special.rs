@@ -21,7 +21,7 @@
 //!   write of the handle lands between them; the image has one writer
 //!   (DESIGN.md §11, ownership).
 
-use crate::ffi_io::{clip, row_write, submit_native, submit_row, sync, Op};
+use crate::ffi_io::{clip, row_write, submit_native, submit_row, sync, Drive, Op};
 use crate::handle::{lookup, Handle};
 use crate::native::native_call;
 use crate::row_image::RowImage;
@@ -144,7 +144,7 @@ pub unsafe extern "C" fn rbd_aio_writesame(
             }),
             Ok(Handle::Row(r)) => match same_op(&copy_in(buf, data_len), len) {
                 Err(e) => e,
-                Ok(op) => submit_row(r.clone(), c, async move {
+                Ok(op) => submit_row(r.clone(), c, Drive::Runtime, async move {
                     row_write(r, off, op).await.map(|n| n.min(0))
                 }),
             },
@@ -211,7 +211,7 @@ pub unsafe extern "C" fn rbd_aio_compare_and_write(
             Ok(Handle::Row(r)) => {
                 let (cmp, data) = (copy_in(cmp_buf, len), copy_in(buf, len));
                 let m = (!mismatch_off.is_null()).then_some(mismatch_off as usize);
-                submit_row(r.clone(), c, async move {
+                submit_row(r.clone(), c, Drive::Runtime, async move {
                     row_cmp_write(r, off, cmp, data, m).await.map(|n| n.min(0))
                 }) as isize
             }

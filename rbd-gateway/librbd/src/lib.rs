@@ -12,6 +12,7 @@
 //!
 //! Modules, one job each:
 //! * `runtime`: the runtime, and foreign threads waiting on it;
+//! * `inline`: asynchronous requests driven by the threads that wake them;
 //! * `native`: the system librbd (dlopen'ed by absolute path);
 //! * `handle`: which `rbd_image_t` is which kind of image;
 //! * `row_image`: an open ROW image; `pool`: a `rados_ioctx_t` as a store;
@@ -35,6 +36,7 @@ pub mod ffi_snap_info;
 pub mod ffi_special;
 pub mod forward;
 pub mod handle;
+pub mod inline;
 pub mod native;
 pub mod pool;
 pub mod row_image;

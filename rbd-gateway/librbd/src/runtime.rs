@@ -13,7 +13,7 @@
 
 use std::future::Future;
 use std::sync::{mpsc, Arc, Mutex};
-use tokio::runtime::{Builder, Runtime};
+use tokio::runtime::{Builder, Handle, Runtime};
 
 struct Owned {
     pid: u32,
@@ -79,12 +79,9 @@ where
     rx.recv().map_err(|_| -libc::EIO)
 }
 
-/// Runs `fut` on the runtime without waiting.
-pub(crate) fn spawn<F>(fut: F)
-where
-    F: Future<Output = ()> + Send + 'static,
-{
-    runtime().spawn(fut);
+/// A handle on this process's runtime.
+pub(crate) fn handle() -> Handle {
+    runtime().handle().clone()
 }
 
 /// [`wait`] for an engine future: its error as librbd's negative errno.

@@ -17,6 +17,7 @@ mod ctx;
 mod diffs;
 mod frag;
 mod meta;
+mod parts;
 mod profile;
 mod rolling;
 mod scaling;
@@ -171,24 +172,31 @@ async fn main() -> anyhow::Result<()> {
     let wanted = |n: u8| args.rows.as_ref().is_none_or(|r| r.contains(&n));
     let plots = args.out.join("results");
     std::fs::create_dir_all(&plots).with_context(|| format!("creating {}", plots.display()))?;
-    let mut times = Vec::new();
     for (n, group) in ROWS {
         if !wanted(n) {
             continue;
         }
         let t = Instant::now();
+        let mark = parts::Mark::of(&ctx);
         settle::before_row(&mut ctx, group).await;
         crate::progress!("{group}");
         run_row(&mut ctx, n, &plots).await;
-        times.push((n, t.elapsed().as_secs_f64()));
+        let secs = t.elapsed().as_secs_f64();
+        parts::write(&args.out, n, group, &parts::part(&ctx, mark, secs))?;
+        write(&args)?;
         crate::progress!(
-            "row {n} took {:.0} s ({:.0} s since the start)",
-            t.elapsed().as_secs_f64(),
+            "row {n} took {secs:.0} s ({:.0} s since the start)",
             started.elapsed().as_secs_f64()
         );
-        write(&ctx, &args, started, &times, false)?;
     }
-    finish(ctx, &args, started, &times)
+    let md = write(&args)?;
+    println!("{md}");
+    crate::progress!(
+        "wrote {} in {:.1} min",
+        args.out.join("RESULTS.md").display(),
+        started.elapsed().as_secs_f64() / 60.0
+    );
+    Ok(())
 }
 
 /// `f`, or a [`TimedOut`] error once it has run for `limit`.
@@ -325,7 +333,7 @@ async fn setup(args: &Args, p: Params) -> anyhow::Result<Ctx> {
         ("rbd-row".into(), "fio's nbd engine against an in-process rbd-gateway; the C ABI with fio's rbd engine and LD_LIBRARY_PATH on target/<profile>".into()),
         ("RADOS ceiling".into(), "row 1 measures it alternating with the compound op and the engine; row 2 measures it again in every step, alternating with the systems' write runs, and its rows' ratios are to that step's ceiling".into()),
         ("Deadlines".into(), format!("each external command {} s, each row {} s; a step past its deadline is killed and its row says \"timed out\"", p.cmd_timeout.as_secs(), p.row_timeout.as_secs())),
-        ("Between rows".into(), format!("the previous rows' images are removed and the report waits (at most {} s, the OSDs' snapshot-trim sleeps at 0 while it waits, restored after) until no PG is trimming and the raw usage has stopped falling; the pools' usage at each row's start is in the table at the end", p.settle_timeout.as_secs())),
+        ("Between rows".into(), format!("the previous rows' images are removed and the report waits (at most {} s, the OSDs' snapshot-trim sleeps at 0 while it waits, restored after) until no PG is trimming and the raw usage has stopped falling; the pools' usage at the row's start is in its own table", p.settle_timeout.as_secs())),
         ("Counts against issue 12".into(), ctx::counts_note(&p)),
         ("C ABI library".into(), match &cabi { Ok(d) => format!("found ({})", d.display()), Err(e) => e.clone() }),
     ];
@@ -426,64 +434,11 @@ fn plot_log(
     }
 }
 
-/// RESULTS.md's text as the run stands: the header lines that depend on
-/// the progress (row times, partial), the pool usage table.
-fn render(ctx: &Ctx, started: Instant, times: &[(u8, f64)], done: bool) -> String {
-    let mut r = ctx.report.clone();
-    let elapsed = started.elapsed().as_secs_f64();
-    let per_row: Vec<String> = times
-        .iter()
-        .map(|(n, t)| format!("row {n} {t:.0} s"))
-        .collect();
-    r.about.push((
-        "Duration".into(),
-        format!(
-            "{elapsed:.0} s ({}; each includes the cleanup before it)",
-            per_row.join(", ")
-        ),
-    ));
-    if !done {
-        r.about.push((
-            "Partial".into(),
-            format!("the run was still going after {elapsed:.0} s; the rows below are the steps finished by then"),
-        ));
-    }
-    if !ctx.pool_log.is_empty() {
-        r.sections.insert(
-            0,
-            (
-                "Pool usage at the start of each row".into(),
-                settle::table(&ctx.pool_log),
-            ),
-        );
-    }
-    r.markdown("rbd-row benchmark results")
-}
-
-/// Writes RESULTS.md as it stands (after each step, so an interrupted run
-/// leaves the rows it finished, marked as partial).
-fn write(
-    ctx: &Ctx,
-    args: &Args,
-    started: Instant,
-    times: &[(u8, f64)],
-    done: bool,
-) -> anyhow::Result<()> {
-    let path = args.out.join("RESULTS.md");
-    std::fs::write(&path, render(ctx, started, times, done))
-        .with_context(|| format!("writing {}", path.display()))
-}
-
-fn finish(ctx: Ctx, args: &Args, started: Instant, times: &[(u8, f64)]) -> anyhow::Result<()> {
-    let md = render(&ctx, started, times, true);
+/// Assembles RESULTS.md from the row parts under `args.out` and the
+/// single-purpose benches' records, writes it, and returns its text.
+fn write(args: &Args) -> anyhow::Result<String> {
+    let md = parts::assemble(&args.out, &rbd_row_bench::record::dir())?;
     let path = args.out.join("RESULTS.md");
     std::fs::write(&path, &md).with_context(|| format!("writing {}", path.display()))?;
-    println!("{md}");
-    crate::progress!(
-        "wrote {} in {:.0} s ({:.1} min)",
-        path.display(),
-        started.elapsed().as_secs_f64(),
-        started.elapsed().as_secs_f64() / 60.0
-    );
-    Ok(())
+    Ok(md)
 }
