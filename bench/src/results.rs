@@ -321,16 +321,18 @@ mod tests {
     #[test]
     fn interleaved_groups_render_one_table_each_with_their_notes_once() {
         let row = |g: &str, n: &str| Row::new(g, n, "s", cell(&[1.0]));
-        let mut rep = Report::default();
-        rep.rows = vec![
-            row("5. diff", "a"),
-            row("6a. rollback", "b"),
-            row("5. diff", "c"),
-        ];
-        rep.notes = vec![
-            ("6a. rollback".into(), "NOTE-6".into()),
-            ("5. diff".into(), "NOTE-5".into()),
-        ];
+        let rep = Report {
+            rows: vec![
+                row("5. diff", "a"),
+                row("6a. rollback", "b"),
+                row("5. diff", "c"),
+            ],
+            notes: vec![
+                ("6a. rollback".into(), "NOTE-6".into()),
+                ("5. diff".into(), "NOTE-5".into()),
+            ],
+            ..Report::default()
+        };
         let md = rep.markdown("t");
         assert_eq!(md.matches("## 5. diff").count(), 1, "{md}");
         assert_eq!(md.matches("## 6a. rollback").count(), 1, "{md}");
