@@ -44,7 +44,7 @@ fn standard_about(with_ceph: bool) -> Vec<(String, String)> {
 }
 
 /// `YYYY-MM-DD HH:MM UTC` from the system clock.
-fn utc_now() -> String {
+pub fn utc_now() -> String {
     let secs = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_secs());

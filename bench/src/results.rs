@@ -280,18 +280,21 @@ impl Report {
             "- **Summary:** {} rows, targets met {met}, missed {missed}, rows not run {not_run} (timed out {timed_out})\n",
             self.rows.len()
         );
-        let mut group: Option<&str> = None;
-        for (i, r) in self.rows.iter().enumerate() {
-            if group != Some(r.group.as_str()) {
-                let _ = write!(s, "\n## {}\n\n{HEAD}", r.group);
-                group = Some(&r.group);
+        // One table per group, in the order the groups first appear (a
+        // step may add rows to two groups alternately), its notes once.
+        let mut groups: Vec<&str> = Vec::new();
+        for r in &self.rows {
+            if !groups.contains(&r.group.as_str()) {
+                groups.push(&r.group);
             }
-            let _ = writeln!(s, "{}", r.markdown());
-            let last_of_group = self.rows.get(i + 1).is_none_or(|n| n.group != r.group);
-            if last_of_group {
-                for (_, note) in self.notes.iter().filter(|(g, _)| *g == r.group) {
-                    let _ = write!(s, "\n{}\n", note.trim_end());
-                }
+        }
+        for g in groups {
+            let _ = write!(s, "\n## {g}\n\n{HEAD}");
+            for r in self.rows.iter().filter(|r| r.group == g) {
+                let _ = writeln!(s, "{}", r.markdown());
+            }
+            for (_, note) in self.notes.iter().filter(|(ng, _)| ng == g) {
+                let _ = write!(s, "\n{}\n", note.trim_end());
             }
         }
         for (title, body) in &self.sections {
@@ -313,6 +316,34 @@ mod tests {
 
     fn cell(x: &[f64]) -> Cell {
         Cell::from_samples(x)
+    }
+
+    #[test]
+    fn interleaved_groups_render_one_table_each_with_their_notes_once() {
+        let row = |g: &str, n: &str| Row::new(g, n, "s", cell(&[1.0]));
+        let rep = Report {
+            rows: vec![
+                row("5. diff", "a"),
+                row("6a. rollback", "b"),
+                row("5. diff", "c"),
+            ],
+            notes: vec![
+                ("6a. rollback".into(), "NOTE-6".into()),
+                ("5. diff".into(), "NOTE-5".into()),
+            ],
+            ..Report::default()
+        };
+        let md = rep.markdown("t");
+        assert_eq!(md.matches("## 5. diff").count(), 1, "{md}");
+        assert_eq!(md.matches("## 6a. rollback").count(), 1, "{md}");
+        assert_eq!(md.matches("NOTE-5").count(), 1, "{md}");
+        assert_eq!(md.matches("NOTE-6").count(), 1, "{md}");
+        let (a, c, six) = (
+            md.find("| a |").unwrap_or(0),
+            md.find("| c |").unwrap_or(0),
+            md.find("## 6a").unwrap_or(0),
+        );
+        assert!(a < c && c < six, "rows of 5 together, before 6a: {md}");
     }
 
     #[test]

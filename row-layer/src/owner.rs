@@ -355,8 +355,10 @@ impl Store {
             if sent_to.is_none() {
                 match self.open(name).await {
                     Ok(img) => {
+                        // Done here for lack of an owner: the garbage it
+                        // makes is left to the next owner's reclaimer.
                         let r = img.handle_request(&req, false).await;
-                        let closed = img.close().await;
+                        let closed = img.close_leaving_garbage().await;
                         return r.and(closed);
                     }
                     Err(e) if e.kind() == ErrorKind::Busy => {}

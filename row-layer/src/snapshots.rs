@@ -530,12 +530,26 @@ impl Image {
     }
 
     /// Releases ownership. Outstanding writes must have completed; call
-    /// `flush` first for durability.
+    /// `flush` first for durability. What the background reclaimer still
+    /// had to do is done first, so the space is back when this returns.
     pub async fn close(self) -> Result<()> {
+        self.close_with(true).await
+    }
+
+    /// Releases ownership like [`Image::close`], but leaves what the
+    /// reclaimer still had to do to the next owner (its background
+    /// reclaimer, or an explicit [`Image::reclaim`]): a snapshot removal or
+    /// a rollback carried out by a short-lived process then costs its
+    /// header commit, not the deletion of what it made garbage, as native
+    /// RBD's OSDs trim snapshots after `rbd snap rm` has returned.
+    pub async fn close_leaving_garbage(self) -> Result<()> {
+        self.close_with(false).await
+    }
+
+    async fn close_with(self, reclaim: bool) -> Result<()> {
         if let Some(cookie) = &self.inner.cookie {
-            // What the background reclaimer still had to do, done now (a
-            // poisoned handle leaves it for the next owner).
-            if self.check_usable().is_ok() {
+            // A poisoned handle leaves the reclaim to the next owner.
+            if reclaim && self.check_usable().is_ok() {
                 if let Err(e) = self.reclaim().await {
                     tracing::warn!(image = %self.inner.id, error = %e, "reclaim at close failed");
                 }

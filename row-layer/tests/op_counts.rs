@@ -8,7 +8,7 @@ use common::*;
 use row_layer::backend::fault::{FaultBackend, OpCounts};
 use row_layer::backend::mem::MemBackend;
 use row_layer::backend::Backend;
-use row_layer::{CreateOptions, Image, Store};
+use row_layer::{CreateOptions, Image, OwnerRequest, Store};
 use std::sync::Arc;
 
 async fn setup(size: u64) -> (Arc<FaultBackend>, Store, Image) {
@@ -512,4 +512,45 @@ async fn packing_costs_one_read_per_record_and_open_then_reads_none() {
             flushes: 1
         }
     );
+}
+
+/// The ops of `store.execute(req)` on image "img" when nobody owns it.
+async fn executed_counts(fault: &FaultBackend, store: &Store, req: OwnerRequest) -> OpCounts {
+    counted(fault, async {
+        store.execute("img", req).await.expect("execute");
+    })
+    .await
+}
+
+/// A rollback or a snapshot removal carried out by a short-lived process
+/// (the CLI on an image nobody serves) costs the same whatever the
+/// discarded data: the garbage is left to the next owner's reclaimer
+/// instead of being deleted before the process exits. Both heads are
+/// checkpointed so that open lists the same (no) objects.
+#[tokio::test]
+async fn unowned_rollback_and_snapshot_removal_leave_the_garbage_to_the_next_owner() {
+    let mut costs = Vec::new();
+    for objects in [1, 60] {
+        let (fault, store, img) = setup(1 << 30).await;
+        touch_objects(&img, 0..objects).await;
+        img.snap_create("s").await.expect("snap");
+        touch_objects(&img, 0..objects).await;
+        img.snap_create("t").await.expect("snap");
+        touch_objects(&img, 0..objects).await;
+        img.checkpoint().await.expect("checkpoint");
+        img.close().await.expect("close");
+        let req = OwnerRequest::SnapRollback {
+            name: "t".into(),
+            force: false,
+        };
+        let rollback = executed_counts(&fault, &store, req).await;
+        let remove = executed_counts(&fault, &store, OwnerRequest::SnapRemove("t".into())).await;
+        // The next owner gets the space back.
+        let img = store.open("img").await.expect("open");
+        img.reclaim().await.expect("reclaim");
+        assert!(img.header().garbage.is_empty(), "garbage never deleted");
+        img.close().await.expect("close");
+        costs.push((rollback, remove));
+    }
+    assert_eq!(costs[0], costs[1], "rollback and removal, 1 vs 60 objects");
 }

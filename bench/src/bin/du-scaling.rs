@@ -24,7 +24,7 @@ use rand::{rngs::SmallRng, Rng, SeedableRng};
 use rbd_row_bench::results::{Cell, Report, Row, Target};
 use row_layer::backend::mem::MemBackend;
 use row_layer::backend::Backend;
-use row_layer::{CreateOptions, Image, Store};
+use row_layer::{CreateOptions, Image, ImageOptions, Store};
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -48,7 +48,15 @@ struct Args {
 }
 
 async fn image(name: &str, size: u64) -> Result<Image> {
-    let store = Store::new(Arc::new(MemBackend::new()) as Arc<dyn Backend>);
+    // No snapshot is ever removed, so the background reclaimer has nothing
+    // to do; held off, since each pass it starts after a snapshot create
+    // scans the header in O(epochs²) (`merge::next_merge`).
+    let store = Store::new(Arc::new(MemBackend::new()) as Arc<dyn Backend>).with_image_options(
+        ImageOptions {
+            reclaim_delay: std::time::Duration::from_secs(86_400),
+            ..ImageOptions::default()
+        },
+    );
     let opts = CreateOptions {
         size,
         object_size: OBJECT,
@@ -69,9 +77,9 @@ fn time_du(img: &Image, repeats: usize, t: &mut Vec<f64>) -> Result<()> {
 }
 
 /// The in-memory backend keeps every grain version a live snapshot sees:
-/// 4 KiB per write, so 10,000 snapshots of 256 writes hold 10 GiB. Refuse a
-/// run that would take more than half the memory available now (one did,
-/// and swapped the whole machine).
+/// at least 4 KiB per write, so 10,000 snapshots of 256 writes hold 10 GiB.
+/// Refuse a run whose grains alone would take more than half the memory
+/// available now (one did, and swapped the whole machine).
 fn ensure_fits_in_memory(a: &Args) -> Result<()> {
     let snaps = a.at.iter().copied().max().unwrap_or(0);
     let need = snaps * a.writes * 4096;
@@ -113,6 +121,10 @@ async fn main() -> Result<()> {
                 img.write(off, data.clone()).await?;
                 control.write(off, data).await?;
             }
+            // Flushed, so the in-memory backend's queue of unflushed ops
+            // (kept for crash simulation) stays bounded.
+            img.flush().await?;
+            control.flush().await?;
             img.snap_create(&format!("s{taken}")).await?;
             taken += 1;
         }

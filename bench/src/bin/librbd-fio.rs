@@ -248,15 +248,25 @@ async fn main() -> anyhow::Result<()> {
         &format!("{}/{}", b.args.pool, b.native),
     ])?;
     let result = run(&b, &store).await;
+    let recorded = match &result {
+        Ok(report) => record(&b, &so, report),
+        Err(_) => Ok(()),
+    };
     cleanup(&b, &store).await;
-    let report = result?;
+    result?;
+    recorded
+}
+
+/// Prints the table and writes the record (before the cleanup, which
+/// removes 64 snapshots of each image and may take minutes).
+fn record(b: &Bench, so: &Path, report: &Report) -> anyhow::Result<()> {
     let title = format!(
         "librbd-fio: fio's rbd engine on ROW images through the drop-in, {} MiB images",
         b.args.size_mib
     );
     print!("{}", report.markdown(&title));
     if !b.args.no_record {
-        let mut report = report;
+        let mut report = report.clone();
         report
             .about
             .insert(0, ("Drop-in".into(), format!("`{}`", so.display())));

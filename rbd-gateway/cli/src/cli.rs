@@ -111,6 +111,16 @@ pub enum Command {
     /// Snapshot management.
     #[command(subcommand)]
     Snap(SnapCommand),
+    /// Delete now what removed snapshots and rollbacks left behind (an
+    /// rbd-row extension). A gateway serving the image does this in the
+    /// background; `snap rm` and `snap rollback` run by this tool on an
+    /// image nobody serves return after their commit and leave it to the
+    /// next writer.
+    #[command(after_help = "Example:\n  rbd-row reclaim rbd/vol1")]
+    Reclaim {
+        /// Image spec.
+        spec: Option<String>,
+    },
     /// Clone a protected snapshot into a child image.
     #[command(after_help = "Example:\n  rbd-row clone rbd/base@gold rbd/vm1")]
     Clone {

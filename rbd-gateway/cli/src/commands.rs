@@ -245,6 +245,15 @@ async fn execute(ctx: &Ctx, cmd: Command, out: &mut dyn Write) -> CliResult<()> 
                 text(out, &s)
             }
         }
+        Command::Reclaim { spec } => {
+            let spec = ctx.spec(spec.as_deref(), SnapMode::None)?;
+            let (_, img) = ctx.open_head(&spec).await?;
+            let p = Progress::new("Reclaiming", 1, ctx.progress);
+            let r = img.reclaim().await;
+            p.finish(r.is_ok());
+            let r = r.map_err(|e| CliError::row("rbd-row: reclaim error", &e));
+            finish(img, r).await
+        }
         Command::Flatten { spec } => {
             let spec = ctx.spec(spec.as_deref(), SnapMode::None)?;
             let (_, img) = ctx.open_head(&spec).await?;

@@ -718,3 +718,25 @@ fn store_selection_from_environment() {
         "announced twice: {e2}"
     );
 }
+
+/// `snap rollback` and `snap rm` on an image nobody serves leave what they
+/// discard to the next writer; `reclaim` deletes it now, and the data every
+/// view sees is unchanged by it.
+#[test]
+fn reclaim_after_rollback_and_snapshot_removal() {
+    let t = T::new();
+    let orig = random((2 * M) as usize, 3);
+    std::fs::write(t.file("raw"), &orig).expect("write");
+    t.ok(&["import", s(&t.file("raw")), "img"]);
+    t.ok(&["snap", "create", "img@s1"]);
+    let new = random(300_000, 4);
+    t.write("img", orig.len() as u64, &[(4096, new.clone())], None);
+    t.ok(&["snap", "create", "img@s2"]);
+    t.ok(&["snap", "rollback", "img@s1"]);
+    t.ok(&["snap", "rm", "img@s2"]);
+    t.ok(&["reclaim", "img"]);
+    t.ok(&["reclaim", "img"]);
+    assert_eq!(t.export("img"), orig);
+    assert_eq!(t.export("img@s1"), orig);
+    t.fails(&["reclaim", "nosuch"], 2);
+}

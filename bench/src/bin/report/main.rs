@@ -324,6 +324,7 @@ async fn setup(args: &Args, p: Params) -> anyhow::Result<Ctx> {
     let command: Vec<String> = std::env::args().collect();
     report.about = vec![
         ("Command".into(), format!("`cargo run --release -p rbd-row-bench --bin report -- {}`", command[1..].join(" "))),
+        ("Date".into(), format!("started {}", rbd_row_bench::record::utc_now())),
         ("Mode".into(), format!("{} — {:?}", if p.quick { "quick" } else { "full" }, p)),
         ("Test OSD".into(), rbd_row_bench::ceph::raw_usage().map_or_else(|e| format!("unknown ({e})"), |(u, t)| format!("{} GiB raw in all, {} MiB used at the start (tests/ceph/cluster.sh: RBD_ROW_CEPH_OSD_GIB=24 for a full run)", t >> 30, u >> 20))),
         ("Machine".into(), rbd_row_bench::sysinfo::machine()),
