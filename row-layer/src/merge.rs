@@ -47,7 +47,7 @@ use crate::records::{EpochDelta, EpochState, HeaderRecord};
 use bytes::{Bytes, BytesMut};
 use futures::stream::{self, StreamExt, TryStreamExt};
 use roaring::RoaringTreemap;
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 
 /// Objects merged concurrently.
 const MERGE_PARALLELISM: usize = 16;
@@ -67,9 +67,16 @@ pub(crate) fn next_merge(h: &HeaderRecord) -> Option<(Epoch, Epoch)> {
                 .get(e)
                 .is_some_and(|m| m.state == EpochState::Sealed)
     };
+    // Children per parent, counted once: O(epochs log epochs) per call,
+    // where counting them per candidate made every reclaim pass (one after
+    // each snapshot create) quadratic in the number of epochs.
+    let mut children: BTreeMap<Epoch, usize> = BTreeMap::new();
+    for p in h.epochs.values().filter_map(|m| m.parent) {
+        *children.entry(p).or_default() += 1;
+    }
     h.epochs.iter().find_map(|(e, m)| {
         let p = m.parent?;
-        let only_child = h.epochs.values().filter(|c| c.parent == Some(p)).count() == 1;
+        let only_child = children.get(&p) == Some(&1);
         (hidden(e) && hidden(&p) && only_child).then_some((*e, p))
     })
 }
