@@ -35,6 +35,7 @@ fn standard_about(with_ceph: bool) -> Vec<(String, String)> {
         ("Command".into(), format!("`{}`", args.join(" "))),
         ("Date".into(), utc_now()),
         ("Machine".into(), crate::sysinfo::machine()),
+        ("Source tree".into(), crate::sysinfo::source_tree()),
     ];
     if with_ceph {
         let v = crate::ceph::version().unwrap_or_else(|e| format!("unknown ({e})"));

@@ -27,6 +27,39 @@ pub fn machine() -> String {
     )
 }
 
+/// The git commit of the source tree this crate was built from, as it is
+/// when the run starts, and whether it has uncommitted changes: which code
+/// a recorded figure belongs to.
+pub fn source_tree() -> String {
+    let dir = env!("CARGO_MANIFEST_DIR");
+    let git = |args: &[&str]| {
+        std::process::Command::new("git")
+            .arg("-C")
+            .arg(dir)
+            .args(args)
+            .output()
+            .ok()
+            .filter(|o| o.status.success())
+            .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned())
+    };
+    match git(&["rev-parse", "--short=12", "HEAD"]) {
+        None => "unknown (not a git checkout)".into(),
+        // The benches' own outputs do not count as changes to the code.
+        Some(head) => match git(&[
+            "status",
+            "--porcelain",
+            "--untracked-files=no",
+            "--",
+            ":(top)",
+            ":(top,exclude)bench/RESULTS.md",
+            ":(top,exclude)bench/results",
+        ]) {
+            Some(s) if s.is_empty() => format!("git {head}"),
+            _ => format!("git {head} with uncommitted changes"),
+        },
+    }
+}
+
 /// Resident set size of process `pid`, bytes (`VmRSS`).
 pub fn rss(pid: u32) -> anyhow::Result<u64> {
     let p = Path::new("/proc").join(pid.to_string()).join("status");
@@ -44,5 +77,11 @@ mod tests {
         let r = super::rss(std::process::id()).expect("rss");
         assert!(r > 1 << 20, "{r}");
         assert!(super::machine().contains("CPUs"));
+    }
+
+    #[test]
+    fn source_tree_names_a_commit() {
+        let t = super::source_tree();
+        assert!(t.starts_with("git ") || t.starts_with("unknown"), "{t}");
     }
 }

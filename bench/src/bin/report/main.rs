@@ -329,6 +329,7 @@ async fn setup(args: &Args, p: Params) -> anyhow::Result<Ctx> {
         ("Test OSD".into(), rbd_row_bench::ceph::raw_usage().map_or_else(|e| format!("unknown ({e})"), |(u, t)| format!("{} GiB raw in all, {} MiB used at the start (tests/ceph/cluster.sh: RBD_ROW_CEPH_OSD_GIB=24 for a full run)", t >> 30, u >> 20))),
         ("Machine".into(), rbd_row_bench::sysinfo::machine()),
         ("Ceph".into(), rbd_row_bench::ceph::version().unwrap_or_else(|e| format!("unknown ({e})"))),
+        ("Source tree".into(), rbd_row_bench::sysinfo::source_tree()),
         ("Cluster".into(), "tests/ceph/cluster.sh: one bluestore OSD on a sparse file, pool size 1, on the same machine as the clients".into()),
         ("Native RBD".into(), "fio's rbd engine (system librbd 16.2) with `rbd cache = false`; snapshot reads with `rbd bench`".into()),
         ("rbd-row".into(), "fio's nbd engine against an in-process rbd-gateway; the C ABI with fio's rbd engine and LD_LIBRARY_PATH on target/<profile>".into()),
