@@ -89,9 +89,12 @@ fn rows_present(out: &Path) -> anyhow::Result<Vec<(u8, String)>> {
 /// `(rows, met, missed)` of a rendered table: counted on the verdict
 /// column that `results::Row::markdown` writes.
 fn verdicts(md: &str) -> (usize, usize, usize) {
+    // A results row has the 11 cells of `results::Row::markdown`; profile
+    // and pool-usage tables have fewer.
     let table_rows = md
         .lines()
         .filter(|l| l.starts_with("| ") && !l.starts_with("| measurement |"))
+        .filter(|l| l.matches('|').count() == 12)
         .count();
     let met = md.lines().filter(|l| l.ends_with("| met |")).count();
     let missed = md.lines().filter(|l| l.ends_with("| **missed** |")).count();
@@ -173,7 +176,7 @@ mod tests {
         write(out.path(), 5, "Row 5", &table(false)).expect("w");
         std::fs::write(
             recs.path().join("snap-ops.md"),
-            "# snap-ops\n\n| measurement |\n",
+            "# snap-ops\n\n| measurement |\n| overhead | object | symbol |\n",
         )
         .expect("w");
         let md = assemble(out.path(), recs.path()).expect("assemble");
@@ -185,7 +188,7 @@ mod tests {
         assert!(md.contains("\n### 2. Snapshot scaling\n"), "{md}");
         assert!(md.contains("\n## snap-ops\n"), "{md}");
         assert!(
-            md.contains("- **Single-purpose benches:** 1 records"),
+            md.contains("- **Single-purpose benches:** 1 records; 0 rows"),
             "{md}"
         );
         // A re-run of row 5 replaces only row 5.
