@@ -117,10 +117,15 @@ pub(crate) fn assemble(out: &Path, records: &Path) -> anyhow::Result<String> {
     let all: Vec<&str> = parts.iter().map(|(_, m)| m.as_str()).collect();
     let (rows, met, missed) = verdicts(&all.join("\n"));
     let listed: Vec<String> = parts.iter().map(|(n, _)| n.to_string()).collect();
+    let absent: Vec<String> = (1..=6u8)
+        .filter(|n| parts.iter().all(|(p, _)| p != n))
+        .map(|n| n.to_string())
+        .collect();
     let _ = writeln!(
         s,
-        "- **Summary:** report rows {} present; {rows} rows, targets met {met}, missed {missed}",
-        listed.join(", ")
+        "- **Summary:** report rows {} present (not run yet: {}); {rows} rows, targets met {met}, missed {missed}",
+        listed.join(", "),
+        if absent.is_empty() { "none".into() } else { absent.join(", ") }
     );
     let (brows, bmet, bmissed) = verdicts(
         &recs
@@ -181,7 +186,7 @@ mod tests {
         .expect("w");
         let md = assemble(out.path(), recs.path()).expect("assemble");
         assert!(
-            md.contains("report rows 2, 5 present; 2 rows, targets met 1, missed 1"),
+            md.contains("report rows 2, 5 present (not run yet: 1, 3, 4, 6); 2 rows, targets met 1, missed 1"),
             "{md}"
         );
         assert!(md.contains("\n## Row 2\n"), "{md}");
