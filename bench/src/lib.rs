@@ -80,6 +80,44 @@ pub async fn random_writes(
     })
 }
 
+/// `ops` random, `io_size`-aligned reads of `io_size` bytes with at most
+/// `depth` in flight, straight on the engine handle (no NBD): the engine's
+/// own read cost, like `rbd bench --io-type read --io-pattern rand`.
+pub async fn random_reads(
+    img: &Image,
+    io_size: u64,
+    ops: u64,
+    depth: usize,
+    seed: u64,
+) -> anyhow::Result<Throughput> {
+    let slots = img.size() / io_size;
+    anyhow::ensure!(slots > 0, "image smaller than one I/O");
+    let mut rng = SmallRng::seed_from_u64(seed);
+    let sem = Arc::new(Semaphore::new(depth));
+    let mut tasks = tokio::task::JoinSet::new();
+    let start = Instant::now();
+    for _ in 0..ops {
+        let permit = sem.clone().acquire_owned().await?;
+        let img = img.clone();
+        let off = rng.gen_range(0..slots) * io_size;
+        tasks.spawn(async move {
+            let r = img.read(off, io_size).await;
+            drop(permit);
+            r.map(|_| ())
+        });
+        while let Some(done) = tasks.try_join_next() {
+            done??;
+        }
+    }
+    while let Some(done) = tasks.join_next().await {
+        done??;
+    }
+    Ok(Throughput {
+        ops,
+        elapsed: start.elapsed(),
+    })
+}
+
 /// Sequential writes of the whole image (to fill it before measuring).
 pub async fn fill(img: &Image, chunk: u64, depth: usize) -> anyhow::Result<()> {
     let sem = Arc::new(Semaphore::new(depth));

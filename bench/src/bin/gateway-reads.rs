@@ -116,28 +116,9 @@ async fn random_writes(img: &Image, n: u64, seed: u64) -> anyhow::Result<()> {
 /// `ops` random 4 KiB reads straight on the engine handle (no NBD), with
 /// `depth` in flight: the engine's own cost, for comparison.
 async fn engine_reads(img: &Image, ops: u64, depth: usize, seed: u64) -> anyhow::Result<f64> {
-    let slots = img.size() / 4096;
-    let mut rng = SmallRng::seed_from_u64(seed);
-    let sem = Arc::new(Semaphore::new(depth));
-    let mut tasks = tokio::task::JoinSet::new();
-    let start = Instant::now();
-    for _ in 0..ops {
-        let permit = sem.clone().acquire_owned().await?;
-        let img = img.clone();
-        let off = rng.gen_range(0..slots) * 4096;
-        tasks.spawn(async move {
-            let r = img.read(off, 4096).await;
-            drop(permit);
-            r.map(|_| ())
-        });
-        while let Some(done) = tasks.try_join_next() {
-            done??;
-        }
-    }
-    while let Some(done) = tasks.join_next().await {
-        done??;
-    }
-    Ok(ops as f64 / start.elapsed().as_secs_f64().max(1e-9))
+    Ok(rbd_row_bench::random_reads(img, 4096, ops, depth, seed)
+        .await?
+        .iops())
 }
 
 /// A pipelined NBD client with structured replies.

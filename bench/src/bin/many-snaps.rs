@@ -25,14 +25,11 @@
 
 use anyhow::anyhow;
 use clap::Parser;
-use rand::{rngs::SmallRng, Rng, SeedableRng};
 use rbd_row_bench::fio::{Amount, FioJob, FioTarget};
 use rbd_row_bench::gateway::{self, InProcGateway};
 use rbd_row_bench::results::{Cell, Report, Row, Target};
 use row_layer::{CreateOptions, Image, ImageOptions, Store};
-use std::sync::Arc;
 use std::time::{Duration, Instant};
-use tokio::sync::Semaphore;
 
 #[derive(Parser)]
 struct Args {
@@ -68,28 +65,9 @@ const GROUP: &str = "10,000 live snapshots: 4 KiB random I/O, image vs no-snapsh
 
 /// `ops` random 4 KiB reads on the engine handle with `depth` in flight (IOPS).
 async fn engine_reads(img: &Image, ops: u64, depth: usize, seed: u64) -> anyhow::Result<f64> {
-    let slots = img.size() / 4096;
-    let mut rng = SmallRng::seed_from_u64(seed);
-    let sem = Arc::new(Semaphore::new(depth));
-    let mut tasks = tokio::task::JoinSet::new();
-    let start = Instant::now();
-    for _ in 0..ops {
-        let permit = sem.clone().acquire_owned().await?;
-        let img = img.clone();
-        let off = rng.gen_range(0..slots) * 4096;
-        tasks.spawn(async move {
-            let r = img.read(off, 4096).await;
-            drop(permit);
-            r.map(|_| ())
-        });
-        while let Some(done) = tasks.try_join_next() {
-            done??;
-        }
-    }
-    while let Some(done) = tasks.join_next().await {
-        done??;
-    }
-    Ok(ops as f64 / start.elapsed().as_secs_f64().max(1e-9))
+    Ok(rbd_row_bench::random_reads(img, 4096, ops, depth, seed)
+        .await?
+        .iops())
 }
 
 /// The four measurements, in the order they run on each image.
