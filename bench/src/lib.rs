@@ -46,24 +46,59 @@ pub async fn random_writes(
     depth: usize,
     seed: u64,
 ) -> anyhow::Result<Throughput> {
-    let slots = img.size() / io_size;
-    anyhow::ensure!(slots > 0, "image smaller than one I/O");
-    let mut rng = SmallRng::seed_from_u64(seed);
     let payload = Bytes::from(
         (0..io_size)
             .map(|i| (i * 31 + seed) as u8)
             .collect::<Vec<u8>>(),
     );
+    random_ops(img, io_size, ops, depth, seed, move |img, off| {
+        let data = payload.clone();
+        async move { img.write(off, data).await }
+    })
+    .await
+}
+
+/// `ops` random, `io_size`-aligned reads of `io_size` bytes with at most
+/// `depth` in flight, straight on the engine handle (no NBD): the engine's
+/// own read cost, like `rbd bench --io-type read --io-pattern rand`.
+pub async fn random_reads(
+    img: &Image,
+    io_size: u64,
+    ops: u64,
+    depth: usize,
+    seed: u64,
+) -> anyhow::Result<Throughput> {
+    random_ops(img, io_size, ops, depth, seed, move |img, off| async move {
+        img.read(off, io_size).await.map(|_| ())
+    })
+    .await
+}
+
+/// `ops` calls of `op` at random `io_size`-aligned offsets, at most `depth`
+/// in flight.
+async fn random_ops<F, Fut>(
+    img: &Image,
+    io_size: u64,
+    ops: u64,
+    depth: usize,
+    seed: u64,
+    op: F,
+) -> anyhow::Result<Throughput>
+where
+    F: Fn(Image, u64) -> Fut,
+    Fut: std::future::Future<Output = row_layer::Result<()>> + Send + 'static,
+{
+    let slots = img.size() / io_size;
+    anyhow::ensure!(slots > 0, "image smaller than one I/O");
+    let mut rng = SmallRng::seed_from_u64(seed);
     let sem = Arc::new(Semaphore::new(depth));
     let mut tasks = tokio::task::JoinSet::new();
     let start = Instant::now();
     for _ in 0..ops {
         let permit = sem.clone().acquire_owned().await?;
-        let img = img.clone();
-        let off = rng.gen_range(0..slots) * io_size;
-        let data = payload.clone();
+        let io = op(img.clone(), rng.gen_range(0..slots) * io_size);
         tasks.spawn(async move {
-            let r = img.write(off, data).await;
+            let r = io.await;
             drop(permit);
             r
         });
@@ -80,42 +115,15 @@ pub async fn random_writes(
     })
 }
 
-/// `ops` random, `io_size`-aligned reads of `io_size` bytes with at most
-/// `depth` in flight, straight on the engine handle (no NBD): the engine's
-/// own read cost, like `rbd bench --io-type read --io-pattern rand`.
-pub async fn random_reads(
-    img: &Image,
-    io_size: u64,
-    ops: u64,
-    depth: usize,
-    seed: u64,
-) -> anyhow::Result<Throughput> {
-    let slots = img.size() / io_size;
-    anyhow::ensure!(slots > 0, "image smaller than one I/O");
-    let mut rng = SmallRng::seed_from_u64(seed);
-    let sem = Arc::new(Semaphore::new(depth));
-    let mut tasks = tokio::task::JoinSet::new();
-    let start = Instant::now();
-    for _ in 0..ops {
-        let permit = sem.clone().acquire_owned().await?;
-        let img = img.clone();
-        let off = rng.gen_range(0..slots) * io_size;
-        tasks.spawn(async move {
-            let r = img.read(off, io_size).await;
-            drop(permit);
-            r.map(|_| ())
-        });
-        while let Some(done) = tasks.try_join_next() {
-            done??;
-        }
+/// Removes every snapshot of image `name`, then the image.
+pub async fn remove_row_image(store: &row_layer::Store, name: &str) -> anyhow::Result<()> {
+    let img = store.open(name).await?;
+    for s in img.snap_list() {
+        img.snap_remove(&s.name).await?;
     }
-    while let Some(done) = tasks.join_next().await {
-        done??;
-    }
-    Ok(Throughput {
-        ops,
-        elapsed: start.elapsed(),
-    })
+    img.close().await?;
+    store.remove(name).await?;
+    Ok(())
 }
 
 /// Sequential writes of the whole image (to fill it before measuring).
@@ -221,5 +229,37 @@ mod tests {
                    elapsed: 1   ops: 5000   ops/sec: 4967.52   bytes/sec: 19 MiB/s\n";
         assert_eq!(super::parse_rbd_bench(out), Some(4967.52));
         assert_eq!(super::parse_rbd_bench("nothing"), None);
+    }
+
+    /// The shared random-I/O loop issues exactly `ops` operations of the
+    /// right kind: on a filled image, one backend read per 4 KiB read.
+    #[tokio::test]
+    async fn random_writes_and_reads_issue_exactly_ops() {
+        use row_layer::backend::fault::FaultBackend;
+        use row_layer::backend::mem::MemBackend;
+        use row_layer::backend::Backend;
+        use std::sync::Arc;
+        let fault = Arc::new(FaultBackend::new(Arc::new(MemBackend::new())));
+        let store = row_layer::Store::new(fault.clone() as Arc<dyn Backend>);
+        let opts = row_layer::CreateOptions {
+            size: 4 << 20,
+            object_size: 4 << 20,
+            grain_size: 4096,
+        };
+        store.create("img", opts).await.expect("create");
+        let img = store.open("img").await.expect("open");
+        let w = super::random_writes(&img, 4096, 64, 8, 7)
+            .await
+            .expect("writes");
+        assert_eq!(w.ops, 64);
+        super::fill(&img, 1 << 20, 4).await.expect("fill");
+        let before = fault.counts();
+        let r = super::random_reads(&img, 4096, 32, 8, 9)
+            .await
+            .expect("reads");
+        assert_eq!(r.ops, 32);
+        let d = fault.counts() - before;
+        assert_eq!((d.reads, d.mutations), (32, 0), "{d:?}");
+        let _ = super::remove_row_image(&store, "img").await;
     }
 }

@@ -142,17 +142,6 @@ async fn build(a: &Args, img: &Image, ctl: &Image) -> anyhow::Result<Vec<f64>> {
     Ok(creates)
 }
 
-/// Removes every snapshot of `name`, then the image.
-async fn remove_image(store: &Store, name: &str) -> anyhow::Result<()> {
-    let img = store.open(name).await?;
-    for s in img.snap_list() {
-        img.snap_remove(&s.name).await?;
-    }
-    img.close().await?;
-    store.remove(name).await?;
-    Ok(())
-}
-
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let a = Args::parse();
@@ -217,8 +206,8 @@ async fn bench(a: &Args, pool: &str, size: u64) -> anyhow::Result<()> {
     eprintln!("record written to {}", path.display());
     if a.pool.is_some() {
         eprintln!("removing the images ({} snapshots)...", a.snaps);
-        remove_image(&store, &row).await?;
-        remove_image(&store, &ctl).await?;
+        rbd_row_bench::remove_row_image(&store, &row).await?;
+        rbd_row_bench::remove_row_image(&store, &ctl).await?;
     }
     Ok(())
 }

@@ -365,15 +365,7 @@ pub(crate) fn ceph_conf() -> anyhow::Result<PathBuf> {
 
 /// Removes an rbd-row image with all its snapshots (cleanup; the error is
 /// returned so the caller can report a leak).
-pub(crate) async fn remove_row_image(store: &Store, name: &str) -> anyhow::Result<()> {
-    let img = store.open(name).await?;
-    for s in img.snap_list() {
-        img.snap_remove(&s.name).await?;
-    }
-    img.close().await?;
-    store.remove(name).await?;
-    Ok(())
-}
+pub(crate) use rbd_row_bench::remove_row_image;
 
 /// Seconds since the report started, for progress lines.
 pub(crate) fn since_start() -> f64 {
