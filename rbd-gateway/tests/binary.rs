@@ -3,14 +3,29 @@
 
 mod common;
 
+use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
+use common::gateway_proc::GatewayProc;
 use common::*;
 
-fn free_port() -> u16 {
-    let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
-    l.local_addr().expect("addr").port()
+/// The gateway binary on the local store in `store_dir`, bound to port 0.
+fn spawn_gateway(store_dir: &Path, log_dir: &Path, args: &[&str]) -> GatewayProc {
+    let store = store_dir.to_str().expect("utf8 path");
+    let all: Vec<&str> = ["--store", store].iter().chain(args).copied().collect();
+    GatewayProc::spawn(&all, log_dir)
+}
+
+/// SIGTERM; the exit status (which must be success) and the gateway's log.
+fn stop_gateway(mut gw: GatewayProc, limit: Duration) -> String {
+    let status = gw.terminate_within(limit);
+    let log = gw.log();
+    match status {
+        Some(s) if s.success() => log,
+        Some(s) => panic!("exit status {s}; log:\n{log}"),
+        None => panic!("gateway did not exit on SIGTERM within {limit:?}; log:\n{log}"),
+    }
 }
 
 #[test]
@@ -26,32 +41,13 @@ fn binary_serves_and_stops_on_sigterm() {
         create_image(&store, "disk", 4 * MIB).await;
     });
 
-    let port = free_port();
-    let mport = free_port();
-    let mut child = Command::new(env!("CARGO_BIN_EXE_rbd-gateway"))
-        .args([
-            "--listen",
-            &format!("127.0.0.1:{port}"),
-            "--export",
-            "rbd/disk",
-            "--metrics",
-            &format!("127.0.0.1:{mport}"),
-        ])
-        .env("RBD_ROW_STORE", &store_dir)
-        .env("RUST_LOG", "info")
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("spawn rbd-gateway");
+    let gw = spawn_gateway(
+        &store_dir,
+        dir.path(),
+        &["--export", "rbd/disk", "--metrics", "127.0.0.1:0"],
+    );
+    let port = gw.port;
     let url = format!("nbd://127.0.0.1:{port}/rbd/disk");
-    let deadline = Instant::now() + Duration::from_secs(20);
-    loop {
-        if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
-            break;
-        }
-        assert!(Instant::now() < deadline, "gateway did not start listening");
-        std::thread::sleep(Duration::from_millis(50));
-    }
     run_ok(
         "qemu-io",
         &["-f", "raw", "-c", "write -P 0x42 1M 64k", &url],
@@ -69,20 +65,7 @@ fn binary_serves_and_stops_on_sigterm() {
         (4 * MIB).to_string()
     );
 
-    run_ok("kill", &["-TERM", &child.id().to_string()]);
-    let status = loop {
-        if let Some(s) = child.try_wait().expect("wait") {
-            break s;
-        }
-        assert!(Instant::now() < deadline, "gateway did not exit on SIGTERM");
-        std::thread::sleep(Duration::from_millis(50));
-    };
-    let mut stderr = String::new();
-    if let Some(mut e) = child.stderr.take() {
-        use std::io::Read;
-        let _ = e.read_to_string(&mut stderr);
-    }
-    assert!(status.success(), "exit status {status}; stderr:\n{stderr}");
+    let stderr = stop_gateway(gw, Duration::from_secs(20));
     assert!(stderr.contains("image closed"), "{stderr}");
 
     // The data is durable in the store and the image was released.
@@ -128,35 +111,31 @@ fn binary_tls_stops_on_sigterm_with_connections_open() {
         let store = pool_store(&local_stores(&store_dir), "rbd").await;
         create_image(&store, "disk", 4 * MIB).await;
     });
-    let port = free_port();
-    let mport = free_port();
     let path = |p: &std::path::Path| p.to_str().expect("utf8 path").to_owned();
-    let mut child = Command::new(env!("CARGO_BIN_EXE_rbd-gateway"))
-        .args([
-            "--listen",
-            &format!("127.0.0.1:{port}"),
+    let (cert, key, ca) = (
+        path(&pki.server_cert),
+        path(&pki.server_key),
+        path(&pki.ca_cert),
+    );
+    let gw = spawn_gateway(
+        &store_dir,
+        dir.path(),
+        &[
             "--export",
             "disk",
             "--metrics",
-            &format!("127.0.0.1:{mport}"),
+            "127.0.0.1:0",
             "--tls-cert",
-            &path(&pki.server_cert),
+            &cert,
             "--tls-key",
-            &path(&pki.server_key),
+            &key,
             "--tls-ca",
-            &path(&pki.ca_cert),
-        ])
-        .env("RBD_ROW_STORE", &store_dir)
-        .env("RUST_LOG", "info")
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("spawn rbd-gateway");
+            &ca,
+        ],
+    );
+    let port = gw.port;
+    let mport = gw.metrics.expect("metrics address logged").port();
     let deadline = Instant::now() + Duration::from_secs(30);
-    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-        assert!(Instant::now() < deadline, "gateway did not start listening");
-        std::thread::sleep(Duration::from_millis(50));
-    }
     // Plain text is refused.
     let out = run(
         "nbdinfo",
@@ -202,29 +181,14 @@ fn binary_tls_stops_on_sigterm_with_connections_open() {
     }
 
     let stop_at = Instant::now();
-    run_ok("kill", &["-TERM", &child.id().to_string()]);
-    let exit_deadline = Instant::now() + Duration::from_secs(25);
-    let status = loop {
-        if let Some(s) = child.try_wait().expect("wait") {
-            break s;
-        }
-        if Instant::now() > exit_deadline {
-            let _ = child.kill();
-            let _ = qemu.kill();
-            panic!("gateway did not exit on SIGTERM with TLS connections open");
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    };
+    let stopped = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        stop_gateway(gw, Duration::from_secs(25))
+    }));
     let took = stop_at.elapsed();
-    let mut stderr = String::new();
-    if let Some(mut e) = child.stderr.take() {
-        use std::io::Read;
-        let _ = e.read_to_string(&mut stderr);
-    }
     drop(qemu.stdin.take());
     let _ = qemu.kill();
     let _ = qemu.wait();
-    assert!(status.success(), "exit status {status}; stderr:\n{stderr}");
+    let stderr = stopped.unwrap_or_else(|p| std::panic::resume_unwind(p));
     assert!(stderr.contains("TLS enabled"), "{stderr}");
     assert!(stderr.contains("image closed"), "{stderr}");
     eprintln!("gateway stopped {took:?} after SIGTERM");
@@ -254,33 +218,21 @@ fn binary_connection_limit_flags() {
         let store = pool_store(&local_stores(&store_dir), "rbd").await;
         create_image(&store, "disk", 4 * MIB).await;
     });
-    let port = free_port();
-    let mut child = Command::new(env!("CARGO_BIN_EXE_rbd-gateway"))
-        .args([
-            "--listen",
-            &format!("127.0.0.1:{port}"),
+    let gw = spawn_gateway(
+        &store_dir,
+        dir.path(),
+        &[
             "--export",
             "disk",
             "--max-connections",
             "1",
             "--max-buffered-bytes",
             "1M",
-        ])
-        .env("RBD_ROW_STORE", &store_dir)
-        .env("RUST_LOG", "info")
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("spawn rbd-gateway");
-    let deadline = Instant::now() + Duration::from_secs(20);
+        ],
+    );
+    let port = gw.port;
     // The first client gets the greeting (NBDMAGIC, IHAVEOPT, flags).
-    let mut first = loop {
-        if let Ok(s) = std::net::TcpStream::connect(("127.0.0.1", port)) {
-            break s;
-        }
-        assert!(Instant::now() < deadline, "gateway did not start listening");
-        std::thread::sleep(Duration::from_millis(50));
-    };
+    let mut first = std::net::TcpStream::connect(("127.0.0.1", port)).expect("connect");
     first
         .set_read_timeout(Some(Duration::from_secs(10)))
         .expect("timeout");
@@ -298,19 +250,7 @@ fn binary_connection_limit_flags() {
         Ok(n) => panic!("refused client got {n} bytes"),
     }
     drop((first, second));
-    run_ok("kill", &["-TERM", &child.id().to_string()]);
-    let status = loop {
-        if let Some(s) = child.try_wait().expect("wait") {
-            break s;
-        }
-        assert!(Instant::now() < deadline, "gateway did not exit on SIGTERM");
-        std::thread::sleep(Duration::from_millis(50));
-    };
-    let mut stderr = String::new();
-    if let Some(mut e) = child.stderr.take() {
-        let _ = e.read_to_string(&mut stderr);
-    }
-    assert!(status.success(), "exit status {status}; stderr:\n{stderr}");
+    let stderr = stop_gateway(gw, Duration::from_secs(20));
     assert!(
         stderr.contains("max_connections=1") && stderr.contains("max_buffered_bytes=1048576"),
         "{stderr}"

@@ -140,6 +140,7 @@ step "package ok: $(basename "$deb"), $(du -k "$deb" | cut -f1) KiB"
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 port=$(free_port)
 mport=$(free_port)
+while [[ "$mport" == "$port" ]]; do mport=$(free_port); done
 root=$tmp/root
 # The binary directory exists beforehand, as /usr/local/bin does.
 mkdir -p "$root/bin"

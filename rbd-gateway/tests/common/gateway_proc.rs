@@ -1,9 +1,14 @@
 //! The real `rbd-gateway` binary as a child process, for the tests that
 //! kill, stall or stop it (kill -9, pool quota, OSD failure, CLI end to
-//! end): spawned on a free loopback port with its stderr in a log file,
-//! killed on drop.
+//! end, the binary's own flags): spawned on loopback port 0 with its stderr
+//! in a log file, killed on drop.
+//!
+//! The port comes from the gateway's own "serving NBD" log line, never from
+//! probing a port picked in advance: a port freed by the test and bound
+//! later can be taken by a parallel test's gateway in between, and a probe
+//! then succeeds against the wrong process (CI saw exactly that).
 
-use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
@@ -15,39 +20,50 @@ const LISTEN_TIMEOUT: Duration = Duration::from_secs(120);
 pub struct GatewayProc {
     pub child: Child,
     pub port: u16,
+    /// The metrics address, when started with `--metrics 127.0.0.1:0`.
+    pub metrics: Option<SocketAddr>,
     log_file: PathBuf,
 }
 
 impl GatewayProc {
-    /// `rbd-gateway <args> --listen 127.0.0.1:<free port>`, logging at
-    /// `$ROW_GATEWAY_RUST_LOG` (default `info`) into `log_dir`; returns once
-    /// it accepts connections, and panics with its log if it exits first.
+    /// `rbd-gateway <args> --listen 127.0.0.1:0`, logging at
+    /// `$ROW_GATEWAY_RUST_LOG` (default `info`; the gateway's own module
+    /// always logs at info, for the bound addresses) into `log_dir`; returns
+    /// once it listens, and panics with its log if it exits first.
     pub fn spawn(args: &[&str], log_dir: &Path) -> Self {
-        let port = {
-            let l = TcpListener::bind("127.0.0.1:0").expect("bind");
-            l.local_addr().expect("addr").port()
-        };
-        let log_file = log_dir.join(format!("gateway-{port}.log"));
+        let log_file = tempfile::Builder::new()
+            .prefix("gateway-")
+            .suffix(".log")
+            .tempfile_in(log_dir)
+            .expect("gateway log")
+            .into_temp_path()
+            .keep()
+            .expect("keep gateway log");
         let err = std::fs::File::create(&log_file).expect("gateway log");
+        let level = std::env::var("ROW_GATEWAY_RUST_LOG").unwrap_or_else(|_| "info".to_owned());
         let child = Command::new(env!("CARGO_BIN_EXE_rbd-gateway"))
             .args(args)
-            .args(["--listen", &format!("127.0.0.1:{port}")])
+            .args(["--listen", "127.0.0.1:0"])
             .env_remove("RBD_ROW_STORE")
-            .env(
-                "RUST_LOG",
-                std::env::var("ROW_GATEWAY_RUST_LOG").unwrap_or_else(|_| "info".to_owned()),
-            )
+            .env("RUST_LOG", format!("{level},rbd_gateway::gateway=info"))
             .stdout(Stdio::null())
             .stderr(err)
             .spawn()
             .expect("spawn rbd-gateway");
         let mut gw = GatewayProc {
             child,
-            port,
+            port: 0,
+            metrics: None,
             log_file,
         };
         let deadline = Instant::now() + LISTEN_TIMEOUT;
-        while TcpStream::connect(("127.0.0.1", port)).is_err() {
+        let nbd = loop {
+            // "NBD limits" follows the address lines, all logged once bound.
+            let log = gw.log();
+            if log.contains("NBD limits") {
+                gw.metrics = logged_addr(&log, "serving metrics");
+                break logged_addr(&log, "serving NBD").expect("bound NBD address logged");
+            }
             if let Some(s) = gw.child.try_wait().expect("wait") {
                 panic!("rbd-gateway exited early ({s}):\n{}", gw.log());
             }
@@ -57,7 +73,8 @@ impl GatewayProc {
                 gw.log()
             );
             std::thread::sleep(Duration::from_millis(20));
-        }
+        };
+        gw.port = nbd.port();
         gw
     }
 
@@ -108,6 +125,13 @@ impl GatewayProc {
             std::thread::sleep(Duration::from_millis(50));
         }
     }
+}
+
+/// The `addr=` of the first log line containing `message`.
+fn logged_addr(log: &str, message: &str) -> Option<SocketAddr> {
+    let line = log.lines().find(|l| l.contains(message))?;
+    let at = line.find("addr=")? + "addr=".len();
+    line[at..].split_whitespace().next()?.parse().ok()
 }
 
 impl Drop for GatewayProc {
