@@ -4,6 +4,17 @@
 //! snapshot) the grains it sees in each of the image's own epochs; a grain
 //! version counts as exclusive to a snapshot when no other view sees it —
 //! the bytes that removing the snapshot would free.
+//!
+//! One pass over the epochs, children before parents, carries the views
+//! that arrive at each epoch by what they *lost* on the way (the grains the
+//! epochs between them and here mention), never by what they still want:
+//! an arriving view wants every grain, so carrying wants (as an earlier
+//! version did) cost a copy and a difference of a bitmap of every grain the
+//! image stores at each snapshot's epoch, O(epochs × stored grains), 1.4 s
+//! at 10,000 snapshots of a 1 GiB image (bench `du-scaling`). Lost sets
+//! only grow by what each epoch mentions, so the pass costs bitmap
+//! operations on the deltas, plus one intersection of two lost sets where
+//! branches with views meet.
 
 use crate::error::Result;
 use crate::ids::Epoch;
@@ -26,35 +37,10 @@ pub struct SpaceUsage {
     pub stored: u64,
 }
 
-type Visible = BTreeMap<Epoch, RoaringTreemap>;
-
 impl Image {
-    fn visible_from(&self, start: Epoch) -> Visible {
-        let st = self.state();
-        let mut covered = RoaringTreemap::new();
-        let mut out = Visible::new();
-        for e in crate::store::path(&st.header, start) {
-            let delta = if e == st.header.head {
-                st.chain.links.first().map(|l| l.delta.clone())
-            } else {
-                st.deltas.get(&e).cloned()
-            };
-            let Some(d) = delta else { continue };
-            let seen = &d.data - &covered;
-            covered |= &d.data;
-            covered |= &d.zero;
-            if !seen.is_empty() {
-                out.insert(e, seen);
-            }
-        }
-        out
-    }
-
     /// Computes [`SpaceUsage`] (CPU work over the deltas; no backend I/O).
     pub fn space_usage(&self) -> Result<SpaceUsage> {
         let (header, gs) = (self.header(), self.inner.geo.grain_size);
-        let count = |v: &Visible| v.values().map(|b| b.len()).sum::<u64>() * gs;
-        let head_used = count(&self.visible_from(header.head));
         let deltas: BTreeMap<Epoch, Arc<EpochDelta>> = {
             let st = self.state();
             header
@@ -70,6 +56,7 @@ impl Image {
                 })
                 .collect()
         };
+        let head_used = head_sees(&header, &deltas) * gs;
         let mut views: BTreeMap<Epoch, Vec<usize>> = BTreeMap::new();
         for (i, s) in header.snapshots.iter().enumerate() {
             views.entry(s.epoch).or_default().push(i);
@@ -96,80 +83,133 @@ impl Image {
     }
 }
 
-/// Which views reach an epoch still wanting a grain (no newer epoch on
-/// their way mentioned it): grains exactly one view wants, by view, and
-/// grains several views want.
-#[derive(Default)]
-struct Arrivals {
-    single: BTreeMap<Viewer, RoaringTreemap>,
-    many: RoaringTreemap,
+/// Grains the head sees: down its path, the data grains of each epoch that
+/// no newer epoch on the way mentioned.
+fn head_sees(header: &HeaderRecord, deltas: &BTreeMap<Epoch, Arc<EpochDelta>>) -> u64 {
+    let mut covered = RoaringTreemap::new();
+    let mut n = 0;
+    for e in crate::store::path(header, header.head) {
+        let Some(d) = deltas.get(&e) else { continue };
+        n += d.data.len() - d.data.intersection_len(&covered);
+        covered |= &d.data;
+        covered |= &d.zero;
+    }
+    n
 }
 
 /// The head, or snapshot number `i` of the header.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Viewer {
     Head,
     Snap(usize),
 }
 
+/// The views that arrive at an epoch from its subtree, by what they lost on
+/// the way: a view sees a grain version here unless it lost the grain.
+enum Arrivals {
+    /// One view, which sees alone every version it did not lose.
+    One { who: Viewer, lost: RoaringTreemap },
+    /// Several: what every one of them lost, and per view the grains that
+    /// all the others lost and it did not (omitted when empty).
+    Many {
+        all_lost: RoaringTreemap,
+        alone: Vec<(Viewer, RoaringTreemap)>,
+    },
+}
+
 impl Arrivals {
-    /// Adds `bits` wanted by `who`: grains someone else wants become shared.
-    fn add(&mut self, who: Viewer, mut bits: RoaringTreemap) {
-        bits -= &self.many;
-        for (other, theirs) in self.single.iter_mut() {
-            if *other == who {
-                continue;
+    /// `who` arrives at its own epoch having lost nothing: nobody else sees
+    /// anything alone any more, and it alone sees what all the others lost.
+    fn arrive(before: Option<Arrivals>, who: Viewer) -> Arrivals {
+        let lost_by_all = match before {
+            None => {
+                return Arrivals::One {
+                    who,
+                    lost: RoaringTreemap::new(),
+                }
             }
-            let both = &*theirs & &bits;
-            if !both.is_empty() {
-                *theirs -= &both;
-                bits -= &both;
-                self.many |= both;
-            }
+            Some(Arrivals::One { lost, .. }) => lost,
+            Some(Arrivals::Many { all_lost, .. }) => all_lost,
+        };
+        Arrivals::Many {
+            all_lost: RoaringTreemap::new(),
+            alone: vec![(who, lost_by_all)],
         }
-        *self.single.entry(who).or_default() |= bits;
-        self.single.retain(|_, b| !b.is_empty());
     }
 
-    fn absorb(&mut self, other: Arrivals) {
-        let Arrivals { single, many } = other;
-        self.many |= many;
-        let shared = self.many.clone();
-        for b in self.single.values_mut() {
-            *b -= &shared;
+    fn lost_by_all(&self) -> &RoaringTreemap {
+        match self {
+            Arrivals::One { lost, .. } => lost,
+            Arrivals::Many { all_lost, .. } => all_lost,
         }
-        for (who, bits) in single {
-            self.add(who, bits);
+    }
+
+    /// Per view, what it sees alone and the others all lost, once `other`
+    /// (whose views all lost `others_lost`) joins.
+    fn alone_with(self, others_lost: &RoaringTreemap) -> Vec<(Viewer, RoaringTreemap)> {
+        match self {
+            Arrivals::One { who, lost } => vec![(who, others_lost - &lost)],
+            Arrivals::Many { alone, .. } => alone
+                .into_iter()
+                .map(|(who, bits)| (who, bits & others_lost))
+                .collect(),
+        }
+    }
+
+    /// Arrivals from two subtrees (disjoint views) meeting at their parent.
+    fn merge(a: Arrivals, b: Arrivals) -> Arrivals {
+        let all_lost = a.lost_by_all() & b.lost_by_all();
+        let (lost_a, lost_b) = (a.lost_by_all().clone(), b.lost_by_all().clone());
+        let mut alone = a.alone_with(&lost_b);
+        alone.extend(b.alone_with(&lost_a));
+        alone.retain(|(_, bits)| !bits.is_empty());
+        Arrivals::Many { all_lost, alone }
+    }
+
+    /// Counts the versions of `data` the arrivals see: seen by anyone into
+    /// `stored`, seen by one snapshot alone into `exclusive`.
+    fn count(&self, data: &RoaringTreemap, exclusive: &mut BTreeMap<usize, u64>, stored: &mut u64) {
+        let seen = data.len() - data.intersection_len(self.lost_by_all());
+        *stored += seen;
+        match self {
+            Arrivals::One { who, .. } => {
+                if let Viewer::Snap(i) = who {
+                    *exclusive.entry(*i).or_default() += seen;
+                }
+            }
+            Arrivals::Many { alone, .. } => {
+                for (who, bits) in alone {
+                    if let Viewer::Snap(i) = who {
+                        *exclusive.entry(*i).or_default() += data.intersection_len(bits);
+                    }
+                }
+            }
         }
     }
 
     /// What goes on to the parent of an epoch that mentions `mentioned`.
-    fn without(mut self, mentioned: &RoaringTreemap) -> Arrivals {
-        self.many -= mentioned;
-        for b in self.single.values_mut() {
-            *b -= mentioned;
+    fn leave(&mut self, mentioned: &RoaringTreemap) {
+        match self {
+            Arrivals::One { lost, .. } => *lost |= mentioned,
+            Arrivals::Many { all_lost, alone } => {
+                *all_lost |= mentioned;
+                for (_, bits) in alone.iter_mut() {
+                    *bits -= mentioned;
+                }
+                alone.retain(|(_, bits)| !bits.is_empty());
+            }
         }
-        self.single.retain(|_, b| !b.is_empty());
-        self
     }
 }
 
 /// Grain versions only one snapshot sees (per snapshot index) and those
-/// any view sees, in one pass over the epochs, children before parents
-/// (a parent's number is smaller). A view arrives at its own epoch wanting
-/// every grain any epoch stores, and loses the grains each epoch on its way
-/// mentions; what an epoch stores of what arrives is seen by the arrivals.
-/// In a chain, the nearest view above an epoch wants a superset of what
-/// farther views want, so `single` stays small: O(epochs × bitmap
-/// operations), not O(views × path).
+/// any view sees, in one pass over the epochs, children before parents (a
+/// parent's number is smaller).
 fn exclusive_and_stored(
     header: &HeaderRecord,
     deltas: &BTreeMap<Epoch, Arc<EpochDelta>>,
     views: &BTreeMap<Epoch, Vec<usize>>,
 ) -> (BTreeMap<usize, u64>, u64) {
-    let everything = deltas
-        .values()
-        .fold(RoaringTreemap::new(), |acc, d| acc | &d.data);
     let mut outgoing: BTreeMap<Epoch, Arrivals> = BTreeMap::new();
     let mut exclusive: BTreeMap<usize, u64> = BTreeMap::new();
     let mut stored = 0;
@@ -180,29 +220,28 @@ fn exclusive_and_stored(
         }
     }
     for (&e, meta) in header.epochs.iter().rev() {
-        let mut here = Arrivals::default();
+        let mut here: Option<Arrivals> = None;
         for &c in children.get(&e).into_iter().flatten() {
             if let Some(a) = outgoing.remove(&c) {
-                here.absorb(a);
+                here = Some(match here {
+                    None => a,
+                    Some(h) => Arrivals::merge(h, a),
+                });
             }
         }
         if e == header.head {
-            here.add(Viewer::Head, everything.clone());
+            here = Some(Arrivals::arrive(here, Viewer::Head));
         }
         for &i in views.get(&e).into_iter().flatten() {
-            here.add(Viewer::Snap(i), everything.clone());
+            here = Some(Arrivals::arrive(here, Viewer::Snap(i)));
         }
-        let Some(d) = deltas.get(&e) else { continue };
-        for (who, bits) in &here.single {
-            if let Viewer::Snap(i) = who {
-                *exclusive.entry(*i).or_default() += d.data.intersection_len(bits);
-            }
-            stored += d.data.intersection_len(bits);
-        }
-        stored += d.data.intersection_len(&here.many);
+        let (Some(mut here), Some(d)) = (here, deltas.get(&e)) else {
+            continue;
+        };
+        here.count(&d.data, &mut exclusive, &mut stored);
         if meta.parent.is_some() {
-            let mentioned = &d.data | &d.zero;
-            outgoing.insert(e, here.without(&mentioned));
+            here.leave(&(&d.data | &d.zero));
+            outgoing.insert(e, here);
         }
     }
     (exclusive, stored)
@@ -215,15 +254,48 @@ mod tests {
     use crate::backend::Backend;
     use crate::store::{CreateOptions, Store};
     use bytes::Bytes;
+    use roaring::RoaringTreemap;
+    use std::collections::BTreeMap;
     use std::sync::Arc;
+
+    type Visible = BTreeMap<Epoch, RoaringTreemap>;
+
+    /// The definition of a view: walking its path from `start`, the data
+    /// grains of each epoch that no newer epoch on the way mentioned.
+    fn visible_from(img: &Image, start: Epoch) -> Visible {
+        let st = img.state();
+        let mut covered = RoaringTreemap::new();
+        let mut out = Visible::new();
+        for e in crate::store::path(&st.header, start) {
+            let delta = if e == st.header.head {
+                st.chain.links.first().map(|l| l.delta.clone())
+            } else {
+                st.deltas.get(&e).cloned()
+            };
+            let Some(d) = delta else { continue };
+            let seen = &d.data - &covered;
+            covered |= &d.data;
+            covered |= &d.zero;
+            if !seen.is_empty() {
+                out.insert(e, seen);
+            }
+        }
+        out
+    }
+
+    /// What the head sees, by the definition.
+    fn head_by_definition(img: &Image) -> u64 {
+        let visible = visible_from(img, img.header().head);
+        visible.values().map(|b| b.len()).sum::<u64>() * img.inner.geo.grain_size
+    }
 
     /// The pairwise definition: a snapshot's exclusive bytes are the grain
     /// versions it sees that no other view (head or snapshot) sees.
     fn exclusive_pairwise(img: &Image) -> Vec<u64> {
         let header = img.header();
         let gs = img.inner.geo.grain_size;
-        let mut views = vec![img.visible_from(header.head)];
-        views.extend(header.snapshots.iter().map(|s| img.visible_from(s.epoch)));
+        let mut views = vec![visible_from(img, header.head)];
+        views.extend(header.snapshots.iter().map(|s| visible_from(img, s.epoch)));
         (1..views.len())
             .map(|i| {
                 let mut n = 0;
@@ -247,15 +319,84 @@ mod tests {
         let mut all = Visible::new();
         let starts = std::iter::once(header.head).chain(header.snapshots.iter().map(|s| s.epoch));
         for start in starts {
-            for (e, b) in img.visible_from(start) {
+            for (e, b) in visible_from(img, start) {
                 *all.entry(e).or_default() |= b;
             }
         }
         all.values().map(|b| b.len()).sum::<u64>() * img.inner.geo.grain_size
     }
 
+    /// Views with random lost sets, merged in a random order, then all
+    /// losing some more: the counts agree with the definitions (seen by
+    /// anyone: not lost by all; seen alone: lost by every other view).
+    #[test]
+    fn merged_arrivals_count_by_the_definition() {
+        let mut x = 0x2545_F491_4F6C_DD1Du64;
+        let mut next = move |n: u64| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x % n
+        };
+        let set = |n: &mut dyn FnMut(u64) -> u64| -> RoaringTreemap {
+            (0..24u64).filter(|_| n(2) == 0).collect()
+        };
+        for trial in 0..300 {
+            let k = 1 + next(5) as usize;
+            let who = |i: usize| {
+                if i == 0 {
+                    Viewer::Head
+                } else {
+                    Viewer::Snap(i)
+                }
+            };
+            let mut lost: Vec<RoaringTreemap> = (0..k).map(|_| set(&mut next)).collect();
+            let mut merged: Option<Arrivals> = None;
+            for (i, l) in lost.iter().enumerate() {
+                let mut a = Arrivals::arrive(None, who(i));
+                a.leave(l);
+                merged = Some(match merged {
+                    None => a,
+                    Some(m) if next(2) == 0 => Arrivals::merge(m, a),
+                    Some(m) => Arrivals::merge(a, m),
+                });
+            }
+            let mut merged = merged.expect("k >= 1");
+            let more = set(&mut next);
+            merged.leave(&more);
+            for l in &mut lost {
+                *l |= &more;
+            }
+            let data = set(&mut next);
+            let (mut exclusive, mut stored) = (BTreeMap::new(), 0);
+            merged.count(&data, &mut exclusive, &mut stored);
+            let sees = |v: usize, g: u64| !lost[v].contains(g);
+            let want_stored = data.iter().filter(|&g| (0..k).any(|v| sees(v, g))).count();
+            assert_eq!(stored, want_stored as u64, "trial {trial}");
+            for v in 1..k {
+                let alone = data
+                    .iter()
+                    .filter(|&g| sees(v, g) && (0..k).all(|w| w == v || !sees(w, g)))
+                    .count() as u64;
+                assert_eq!(
+                    exclusive.get(&v).copied().unwrap_or(0),
+                    alone,
+                    "trial {trial} view {v}"
+                );
+            }
+        }
+    }
+
     #[tokio::test]
     async fn exclusive_bytes_match_the_pairwise_definition() {
+        for seed in [0x9E37_79B9_7F4A_7C15u64, 1, 0xDEAD_BEEF, 42] {
+            histories_match_the_definitions(seed).await;
+        }
+    }
+
+    /// Random writes, discards, snapshots, removals and rollbacks (which
+    /// branch the epoch tree), checked against the definitions every round.
+    async fn histories_match_the_definitions(seed: u64) {
         let store = Store::new(Arc::new(MemBackend::new()) as Arc<dyn Backend>);
         let opts = CreateOptions {
             size: 1 << 20,
@@ -264,7 +405,7 @@ mod tests {
         };
         store.create("img", opts).await.expect("create");
         let img = store.open("img").await.expect("open");
-        let mut x = 0x9E37_79B9_7F4A_7C15u64;
+        let mut x = seed;
         let mut next = move |n: u64| {
             x ^= x << 13;
             x ^= x >> 7;
@@ -297,8 +438,17 @@ mod tests {
             }
             let usage = img.space_usage().expect("usage");
             let got: Vec<u64> = usage.snapshots.iter().map(|s| s.2).collect();
-            assert_eq!(got, exclusive_pairwise(&img), "round {round}");
-            assert_eq!(usage.stored, stored_union(&img), "round {round}");
+            assert_eq!(got, exclusive_pairwise(&img), "seed {seed} round {round}");
+            assert_eq!(
+                usage.stored,
+                stored_union(&img),
+                "seed {seed} round {round}"
+            );
+            assert_eq!(
+                usage.head_used,
+                head_by_definition(&img),
+                "seed {seed} round {round}"
+            );
         }
     }
 }
