@@ -73,6 +73,11 @@ impl InProcGateway {
             .map_err(|e| anyhow!("opening {name} in the gateway: {e}"))
     }
 
+    /// The gateway's image registry (its backend op counts: `backend_ops`).
+    pub fn registry(&self) -> &rbd_gateway::ImageRegistry {
+        &self.registry
+    }
+
     /// Stops serving, flushes and closes every image it opened.
     pub async fn stop(self) -> anyhow::Result<()> {
         let _ = self.stop.send(());

@@ -4,6 +4,7 @@
 #![warn(clippy::unwrap_used)]
 
 pub mod ceph;
+pub mod counts;
 pub mod fio;
 pub mod gateway;
 pub mod plot;

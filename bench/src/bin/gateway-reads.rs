@@ -33,6 +33,7 @@ use anyhow::{anyhow, bail, ensure, Context};
 use clap::{Parser, ValueEnum};
 use rand::{rngs::SmallRng, Rng, SeedableRng};
 use rbd_gateway::{ExportSelection, Gateway, GatewayConfig};
+use rbd_row_bench::counts::Sample;
 use rbd_row_bench::results::{Cell, Report, Row, Target};
 use rbd_row_cli::store_select::{self, StoreArgs, StoreTarget, Stores};
 use row_layer::{CreateOptions, Image};
@@ -76,7 +77,8 @@ struct Args {
     /// Reads in flight.
     #[arg(long, default_value_t = 16)]
     depth: usize,
-    /// Measurement rounds per step (each reads the image, then the control).
+    /// Measurement rounds per step (each reads the image and the control,
+    /// over NBD then on the engine; who goes first flips every round).
     #[arg(long, default_value_t = 2)]
     rounds: u32,
     /// NBD client.
@@ -89,6 +91,14 @@ struct Args {
     /// reads are compared with the control's (0: no thin image).
     #[arg(long, default_value_t = 0)]
     thin_grains: u64,
+    /// Print, per measurement, counts that need no profiler
+    /// (`rbd_row_bench::counts`): the backend ops per read (all the
+    /// gateway's stores), this process's context switches and CPU time per
+    /// read, on Ceph the OSDs' latency per op, and the CLOCK_MONOTONIC
+    /// window (for `perf report --time` of a `perf record -k
+    /// CLOCK_MONOTONIC`).
+    #[arg(long)]
+    counts: bool,
 }
 
 const GROUP: &str = "Gateway reads: 4 KiB random reads over NBD, image vs no-snapshot control";
@@ -327,10 +337,13 @@ async fn main() -> anyhow::Result<()> {
             .await?;
     }
 
-    let mut config = GatewayConfig::new(
-        stores.clone(),
-        ExportSelection::Only(vec![img_name.clone(), ctl_name.clone(), thin_name.clone()]),
-    );
+    // The thin image exists only with --thin-grains (a gateway refuses to
+    // bind with an export whose image does not exist).
+    let mut exports = vec![img_name.clone(), ctl_name.clone()];
+    if args.thin_grains > 0 {
+        exports.push(thin_name.clone());
+    }
+    let mut config = GatewayConfig::new(stores.clone(), ExportSelection::Only(exports));
     config.default_pool = args.pool.clone();
     config.listen = vec!["127.0.0.1:0".parse()?];
     let gw = Gateway::bind(config).await?;
@@ -377,6 +390,7 @@ async fn main() -> anyhow::Result<()> {
     );
     let mut report = Report::default();
     let mut taken = 0u32;
+    let (counts, osd) = (args.counts, matches!(target_kind, Kind::Ceph));
     for &target in &args.steps {
         while taken < target {
             img.snap_create(&format!("s{taken}")).await?;
@@ -388,10 +402,31 @@ async fn main() -> anyhow::Result<()> {
         let mut s = [vec![], vec![], vec![], vec![]];
         for round in 0..args.rounds {
             let seed = 1000 * u64::from(round + 1) + u64::from(target);
-            s[0].push(measure(&args, addr, &img_name, size, seed).await?);
-            s[1].push(measure(&args, addr, &ctl_name, size, seed).await?);
-            s[2].push(engine_reads(&img, args.ops, args.depth, seed + 7).await?);
-            s[3].push(engine_reads(&ctl, args.ops, args.depth, seed + 7).await?);
+            // The order flips every round (image first in even rounds), so
+            // what runs first after a step's writes is not always the image.
+            let order = if round % 2 == 0 { [0, 1] } else { [1, 0] };
+            for engine in [false, true] {
+                for which in order {
+                    let sample = || Sample::now(registry.backend_ops(), osd);
+                    let before = counts.then(sample).transpose()?;
+                    let iops = if engine {
+                        engine_reads([&img, &ctl][which], args.ops, args.depth, seed + 7).await?
+                    } else {
+                        let name = [&img_name, &ctl_name][which];
+                        measure(&args, addr, name, size, seed).await?
+                    };
+                    s[2 * usize::from(engine) + which].push(iops);
+                    if let Some(before) = before {
+                        let label = format!(
+                            "{} {}, {target} snapshots, round {round}",
+                            ["NBD", "engine"][usize::from(engine)],
+                            ["image", "control"][which]
+                        );
+                        let d = before.describe(&sample()?, args.ops);
+                        eprintln!("counts {label}: {iops:.0} IOPS; {d}");
+                    }
+                }
+            }
         }
         let mean = |v: &[f64]| v.iter().sum::<f64>() / v.len().max(1) as f64;
         let (r, c, er, ec) = (mean(&s[0]), mean(&s[1]), mean(&s[2]), mean(&s[3]));
@@ -417,7 +452,7 @@ async fn main() -> anyhow::Result<()> {
     report.about.push((
         "Workload".into(),
         format!(
-            "{} MiB image and no-snapshot control{} with {} random 4 KiB grains written, then per snapshot {} more to both; {} rounds per step, each reading the image then the control over NBD ({:?} client: {} reads, {} in flight), then both on the engine handles; one in-process rbd-gateway serves all images",
+            "{} MiB image and no-snapshot control{} with {} random 4 KiB grains written, then per snapshot {} more to both; {} rounds per step, each reading the image and the control over NBD ({:?} client: {} reads, {} in flight), then both on the engine handles, the image first in even rounds and second in odd ones; one in-process rbd-gateway serves all images",
             size >> 20,
             if args.fill { ", filled first," } else { "" },
             args.written,

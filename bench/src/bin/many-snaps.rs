@@ -25,6 +25,7 @@
 
 use anyhow::anyhow;
 use clap::Parser;
+use rbd_row_bench::counts::Sample;
 use rbd_row_bench::fio::{Amount, FioJob, FioTarget};
 use rbd_row_bench::gateway::{self, InProcGateway};
 use rbd_row_bench::results::{Cell, Report, Row, Target};
@@ -59,6 +60,11 @@ struct Args {
     /// Repeats of every measurement on each image.
     #[arg(long, default_value_t = 3)]
     repeats: u32,
+    /// Print, per measurement, counts that need no profiler (backend ops,
+    /// context switches and CPU per I/O, OSD latency per op, and the
+    /// CLOCK_MONOTONIC window for `perf report --time`; `counts.rs`).
+    #[arg(long)]
+    counts: bool,
 }
 
 const GROUP: &str = "10,000 live snapshots: 4 KiB random I/O, image vs no-snapshot control";
@@ -240,12 +246,23 @@ async fn run(
             for which in order {
                 let (h, name) = if which == 0 { (&img, row) } else { (&con, ctl) };
                 let seed = 7 + 100 * u64::from(rep) + k as u64;
+                let sample = || Sample::now(gw.registry().backend_ops(), true);
+                let before = a.counts.then(sample).transpose()?;
                 let iops = measure(a, gw, h, name, k, seed).await?;
                 eprintln!(
                     "repeat {rep} {} {}: {iops:.0} IOPS",
                     KINDS[k],
                     ["image", "control"][which]
                 );
+                if let Some(before) = before {
+                    // fio runs for a time: its I/Os are its rate times that.
+                    let ios = if k < 2 {
+                        a.ops
+                    } else {
+                        (iops * a.fio_secs as f64) as u64
+                    };
+                    eprintln!("counts: {}", before.describe(&sample()?, ios));
+                }
                 samples[k][which].push(iops);
             }
         }

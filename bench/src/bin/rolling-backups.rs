@@ -22,11 +22,14 @@
 
 use clap::Parser;
 use rand::{rngs::SmallRng, Rng, SeedableRng};
+use rbd_row_bench::counts::Sample;
 use rbd_row_bench::results::{Cell, Report, Row, Target};
 use rbd_row_bench::{ceph, gateway, rbd};
+use row_layer::backend::fault::FaultBackend;
 use row_layer::{layout, CreateOptions, Image, Store};
 use std::collections::{BTreeMap, HashSet};
 use std::fmt::Write as _;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 #[derive(Parser)]
@@ -59,6 +62,25 @@ struct Args {
     /// Also run native RBD on the same schedule (rbd_cache=false).
     #[arg(long)]
     native: bool,
+    /// Print, per round and side, counts that need no profiler: backend ops
+    /// per write (the stores are wrapped in counters), this process's
+    /// context switches and CPU per write, OSD write latency per op, the
+    /// image's own ops while the control is written (background reclaim),
+    /// and the CLOCK_MONOTONIC window for `perf report --time`.
+    #[arg(long)]
+    counts: bool,
+}
+
+/// The backend op counters of the image's and the control's stores.
+struct Counters {
+    img: Arc<FaultBackend>,
+    ctl: Arc<FaultBackend>,
+}
+
+/// `store` with every backend call counted.
+fn counted(store: &Store) -> (Store, Arc<FaultBackend>) {
+    let c = Arc::new(FaultBackend::new(store.backend().clone()));
+    (Store::new(c.clone()), c)
 }
 
 const GRAIN: u64 = 4096;
@@ -173,8 +195,12 @@ async fn main() -> anyhow::Result<()> {
     );
     ceph::ensure_pool(&a.pool)?;
     let stores = gateway::ceph_stores()?;
-    let store = gateway::store(&stores, &a.pool).await?;
-    let cstore = gateway::store(&stores, &a.control_pool).await?;
+    let (store, img_ops) = counted(&gateway::store(&stores, &a.pool).await?);
+    let (cstore, ctl_ops) = counted(&gateway::store(&stores, &a.control_pool).await?);
+    let counters = Counters {
+        img: img_ops,
+        ctl: ctl_ops,
+    };
     let tag = std::process::id();
     let (row, ctl) = (format!("rolling-img-{tag}"), format!("rolling-ctl-{tag}"));
     let native = a
@@ -191,7 +217,7 @@ async fn main() -> anyhow::Result<()> {
         rbd(&["create", "--size", &a.size_mib.to_string(), n])?;
         rbd_row_bench::native_fill(n, size)?;
     }
-    let r = run(&a, &store, &img, &con, native.as_deref()).await;
+    let r = run(&a, &store, &img, &con, native.as_deref(), &counters).await;
     img.close().await?;
     con.close().await?;
     if let Some(n) = &native {
@@ -218,6 +244,7 @@ async fn run(
     img: &Image,
     con: &Image,
     native: Option<&str>,
+    counters: &Counters,
 ) -> anyhow::Result<Report> {
     let slots = img.size() / GRAIN;
     let mut model = Model {
@@ -241,9 +268,32 @@ async fn run(
         let order: [usize; 2] = if n % 2 == 0 { [0, 1] } else { [1, 0] };
         for which in order {
             let h = [img, con][which];
+            let c = [&counters.img, &counters.ctl][which];
+            let before = a
+                .counts
+                .then(|| Sample::now(c.counts(), true))
+                .transpose()?;
+            let img_before = counters.img.counts();
             round.iops[which] = rbd_row_bench::random_writes(h, GRAIN, a.writes, a.depth, seed)
                 .await?
                 .iops();
+            if let Some(before) = before {
+                let d = before.describe(&Sample::now(c.counts(), true)?, a.writes);
+                let side = ["image", "control"][which];
+                let bg = if which == 1 {
+                    let b = counters.img.counts() - img_before;
+                    format!(
+                        "; image ops meanwhile: {} reads, {} metadata, {} mutations",
+                        b.reads, b.metadata_reads, b.mutations
+                    )
+                } else {
+                    String::new()
+                };
+                eprintln!(
+                    "counts round {n} {side}: {:.0} IOPS; {d}{bg}",
+                    round.iops[which]
+                );
+            }
         }
         for g in grains_written(slots, a.writes, seed) {
             let w = &mut model.writes[g as usize];
