@@ -372,12 +372,7 @@ async fn main() -> anyhow::Result<()> {
     img.close().await?;
     control.close().await?;
     for name in [&row, &ctl] {
-        let i = store.open(name).await?;
-        for s in i.snap_list() {
-            i.snap_remove(&s.name).await?;
-        }
-        i.close().await?;
-        store.remove(name).await?;
+        rbd_row_bench::remove_row_image(&store, name).await?;
     }
     Ok(())
 }
