@@ -260,3 +260,95 @@ fn binary_connection_limit_flags() {
         "{stderr}"
     );
 }
+
+/// `--defrag-interval`: the gateway rewrites a fragmented export in the
+/// background while serving it; what NBD reads and what the snapshots hold
+/// do not change, and a later pass finds nothing left to do.
+#[test]
+fn binary_defragments_in_the_background() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store_dir = dir.path().join("store");
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let size = 8 * MIB;
+    let (head, snap0) = rt.block_on(async {
+        let store = pool_store(&local_stores(&store_dir), "rbd").await;
+        create_image(&store, "disk", size).await;
+        let img = store.open("disk").await.expect("open");
+        img.write(0, bytes::Bytes::from(vec![7u8; size as usize]))
+            .await
+            .expect("fill");
+        let snap0 = img.read(0, size).await.expect("read");
+        let mut x = 0x9E37_79B9_7F4A_7C15u64;
+        for s in 0..6u64 {
+            img.snap_create(&format!("s{s}")).await.expect("snap");
+            for i in 0..64u64 {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                let block = vec![(s * 64 + i) as u8; 4096];
+                img.write((x % (size / 4096)) * 4096, block.into())
+                    .await
+                    .expect("write");
+            }
+        }
+        let head = img.read(0, size).await.expect("read");
+        img.flush().await.expect("flush");
+        img.close().await.expect("close");
+        (head, snap0)
+    });
+
+    let gw = spawn_gateway(
+        &store_dir,
+        dir.path(),
+        &[
+            "--export",
+            "rbd/disk",
+            "--defrag-interval",
+            "1",
+            "--defrag-min-reads",
+            "2",
+        ],
+    );
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !gw.log().contains("background defragmentation pass") {
+        assert!(Instant::now() < deadline, "no pass logged:\n{}", gw.log());
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let out_file = dir.path().join("head.raw");
+    let url = format!("nbd://127.0.0.1:{}/rbd/disk", gw.port);
+    run_ok("nbdcopy", &[&url, out_file.to_str().expect("utf8")]);
+    let served = std::fs::read(&out_file).expect("read copy");
+    assert!(
+        served == head[..],
+        "NBD reads changed after defragmentation"
+    );
+    stop_gateway(gw, Duration::from_secs(20));
+
+    rt.block_on(async {
+        let store = pool_store(&local_stores(&store_dir), "rbd").await;
+        let img = store.open("disk").await.expect("reopen");
+        assert!(img.read(0, size).await.expect("read") == head);
+        let opts = row_layer::DefragOptions {
+            min_reads: 2,
+            bytes_per_sec: 0,
+        };
+        let r = img.defragment(&opts).await.expect("defragment");
+        assert_eq!(r.objects_rewritten, 0, "{r:?}");
+        let s0 = store.open_snapshot("disk", "s0").await.expect("s0");
+        assert!(s0.read(0, size).await.expect("read") == snap0);
+        img.close().await.expect("close");
+    });
+
+    let out = Command::new(env!("CARGO_BIN_EXE_rbd-gateway"))
+        .args(["--export", "disk", "--defrag-min-reads", "1"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .output()
+        .expect("run rbd-gateway");
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("must be at least 2"), "{err}");
+}

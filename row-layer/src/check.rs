@@ -33,6 +33,9 @@ impl Image {
             if !l.delta.data.is_disjoint(&l.delta.zero) {
                 return Err(fail("a grain is both data and zero in one epoch".into()));
             }
+            if !l.delta.moved.is_subset(&l.delta.data) {
+                return Err(fail("a moved grain is not a data grain".into()));
+            }
             for g in (&l.delta.data - &l.delta.reclaimed).iter().take(4096) {
                 if !l.delta.touched.contains(geo.object_of(g).0) && l.limit == u64::MAX {
                     return Err(fail(format!("data grain {g} in an untouched object")));

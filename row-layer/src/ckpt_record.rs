@@ -13,10 +13,11 @@ use crate::ids::{Epoch, ImageId};
 use crate::records::{bitmap_bytes, bitmap_from, EpochDelta};
 use serde::{Deserialize, Serialize};
 
-/// Checkpoint record type.
+/// Checkpoint record type. Version 2 adds `moved` (defrag.rs); a
+/// checkpoint with no moved grain is still written as version 1.
 pub const CHECKPOINT: RecordType = RecordType {
     magic: *b"RRCK",
-    current_version: 1,
+    current_version: 2,
     oldest_readable: 1,
 };
 
@@ -28,8 +29,8 @@ pub const CHECKPOINT: RecordType = RecordType {
 pub struct HeadCheckpoint {
     /// The first generation the checkpoint does not cover (≥ 1).
     pub generation: u64,
-    /// `touched`, `data` and `zero` of the open epoch (`reclaimed` is empty:
-    /// the reclaimer never touches the head).
+    /// `touched`, `data`, `zero` and `moved` of the open epoch
+    /// (`reclaimed` is empty: the reclaimer never touches the head).
     pub delta: EpochDelta,
 }
 
@@ -41,6 +42,13 @@ struct CheckpointWire {
     touched: Vec<u8>,
     data: Vec<u8>,
     zero: Vec<u8>,
+}
+
+/// Version 2: version 1 plus `moved`.
+#[derive(Serialize, Deserialize)]
+struct CheckpointWireV2 {
+    v1: CheckpointWire,
+    moved: Vec<u8>,
 }
 
 impl HeadCheckpoint {
@@ -63,23 +71,37 @@ impl HeadCheckpoint {
         touched.optimize();
         data.optimize();
         zero.optimize();
-        envelope::encode(
-            CHECKPOINT,
-            &CheckpointWire {
-                image: image.clone(),
-                epoch,
-                generation,
-                touched: bitmap_bytes(&touched)?,
-                data: bitmap_bytes(&data)?,
-                zero: bitmap_bytes(&zero)?,
-            },
-        )
+        let v1 = CheckpointWire {
+            image: image.clone(),
+            epoch,
+            generation,
+            touched: bitmap_bytes(&touched)?,
+            data: bitmap_bytes(&data)?,
+            zero: bitmap_bytes(&zero)?,
+        };
+        if delta.moved.is_empty() {
+            return envelope::encode_version(CHECKPOINT, 1, &v1);
+        }
+        let mut moved = delta.moved.clone();
+        moved.optimize();
+        let moved = bitmap_bytes(&moved)?;
+        envelope::encode_version(CHECKPOINT, 2, &CheckpointWireV2 { v1, moved })
     }
 
     /// Decodes the checkpoint of `epoch` of `image`, checking that it is
     /// that one and that it is self-consistent.
     pub fn decode(bytes: &[u8], image: &ImageId, epoch: Epoch) -> Result<Self> {
-        let w: CheckpointWire = envelope::decode(CHECKPOINT, bytes)?;
+        let (version, payload) = envelope::open(CHECKPOINT, bytes)?;
+        let bad = |e: postcard::Error| {
+            Error::corrupt(format!("RRCK record payload does not decode: {e}"))
+        };
+        let (w, moved) = if version == 1 {
+            let w: CheckpointWire = postcard::from_bytes(payload).map_err(bad)?;
+            (w, None)
+        } else {
+            let w2: CheckpointWireV2 = postcard::from_bytes(payload).map_err(bad)?;
+            (w2.v1, Some(w2.moved))
+        };
         let what = format!("checkpoint record {image}/{epoch}");
         if &w.image != image || w.epoch != epoch {
             return Err(Error::corrupt(format!(
@@ -95,12 +117,12 @@ impl HeadCheckpoint {
             data: bitmap_from(&w.data, "data")?,
             zero: bitmap_from(&w.zero, "zero")?,
             reclaimed: Default::default(),
+            moved: match moved {
+                Some(m) => bitmap_from(&m, "moved")?,
+                None => Default::default(),
+            },
         };
-        if !delta.data.is_disjoint(&delta.zero) {
-            return Err(Error::corrupt(format!(
-                "{what}: a grain is both data and zero"
-            )));
-        }
+        delta.check_consistent(&what)?;
         Ok(HeadCheckpoint {
             generation: w.generation,
             delta,

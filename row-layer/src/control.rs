@@ -25,6 +25,10 @@
 //! - Head checkpoints (checkpoint.rs) are jobs too, asked for by the data
 //!   path past `ImageOptions::checkpoint_objects` registrations and by a
 //!   ticker every `ImageOptions::checkpoint_interval`.
+//! - Defragmentation (defrag.rs) is not a job: it rewrites data through
+//!   the data path, object by object, under the shared gate, so a ticker
+//!   task runs it every `ImageOptions::defrag_interval` beside client I/O
+//!   while this loop goes on taking jobs.
 
 use crate::error::{Error, ErrorKind, Result};
 use crate::image::{Image, Inner};
@@ -52,7 +56,11 @@ impl Image {
         tokio::spawn(control_loop(weak.clone(), rx, delay));
         let interval = self.inner.options.checkpoint_interval;
         if !interval.is_zero() {
-            tokio::spawn(checkpoint_ticker(weak, interval));
+            tokio::spawn(checkpoint_ticker(weak.clone(), interval));
+        }
+        let interval = self.inner.options.defrag_interval;
+        if !interval.is_zero() {
+            tokio::spawn(defrag_ticker(weak, interval));
         }
     }
 
@@ -63,6 +71,12 @@ impl Image {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .take();
+    }
+
+    /// Whether the control task still takes jobs (false once `close`
+    /// began).
+    pub(crate) fn is_controlled(&self) -> bool {
+        self.control_sender().is_some()
     }
 
     fn control_sender(&self) -> Option<mpsc::UnboundedSender<ControlMsg>> {
@@ -215,6 +229,21 @@ async fn checkpoint_ticker(weak: Weak<Inner>, interval: std::time::Duration) {
         if image.check_writable().is_ok() && image.state().gens.since > 0 {
             image.want_checkpoint();
         }
+    }
+}
+
+/// Runs a defragmentation pass (defrag.rs) `interval` after the previous
+/// one ended, paced by `ImageOptions::defrag`; ends with the handle. The
+/// pass holds the handle only while it rewrites an object, and stops at
+/// the next object once `close` begins.
+async fn defrag_ticker(weak: Weak<Inner>, interval: std::time::Duration) {
+    loop {
+        tokio::time::sleep(interval).await;
+        let alive = weak.upgrade().map(|inner| Image { inner });
+        if !alive.is_some_and(|image| image.is_controlled()) {
+            break;
+        }
+        crate::defrag::background_pass(&weak).await;
     }
 }
 

@@ -2,7 +2,8 @@
 //!
 //! The grains changed between a snapshot (or bookmark) `a` and the view `b`
 //! are the union of the deltas of the epochs on the paths from `a` and from
-//! `b` up to their common ancestor. Whether a changed grain holds data or
+//! `b` up to their common ancestor, without the grains an epoch holds as
+//! unchanged copies (`moved`: defragmentation's rewrites, defrag.rs). Whether a changed grain holds data or
 //! reads as zeros at `b` comes from the newest delta on `b`'s path that
 //! mentions it. No data object and no omap is read: the cost grows with the
 //! number of changed grains (bitmap work), not with the image size.
@@ -10,6 +11,7 @@
 use crate::error::{Error, Result};
 use crate::ids::Epoch;
 use crate::image::Image;
+use crate::records::EpochDelta;
 use crate::store::path;
 use roaring::RoaringTreemap;
 use std::collections::HashSet;
@@ -24,6 +26,17 @@ pub struct DiffExtent {
     /// True when the extent holds data at the end point; false when it
     /// reads as zeros there (discarded, zeroed, cut off).
     pub exists: bool,
+}
+
+/// Adds the grains `d` changed: its zeros and its data, except the grains
+/// it holds as unchanged copies (`moved`, defrag.rs).
+fn add_changes(changed: &mut RoaringTreemap, d: &EpochDelta) {
+    if d.moved.is_empty() {
+        *changed |= &d.data;
+    } else {
+        *changed |= &d.data - &d.moved;
+    }
+    *changed |= &d.zero;
 }
 
 impl Image {
@@ -86,8 +99,7 @@ impl Image {
                         lca = Some(*e);
                         break;
                     }
-                    changed |= &l.delta.data;
-                    changed |= &l.delta.zero;
+                    add_changes(&mut changed, &l.delta);
                 }
                 for e in from_path {
                     if Some(e) == lca {
@@ -96,8 +108,7 @@ impl Image {
                     let d = st.deltas.get(&e).ok_or_else(|| {
                         Error::corrupt(format!("epoch {e} on the diff base's path is not loaded"))
                     })?;
-                    changed |= &d.data;
-                    changed |= &d.zero;
+                    add_changes(&mut changed, d);
                 }
             }
         }

@@ -26,13 +26,20 @@ const CRC_LEN: usize = 4;
 
 /// Encodes `value` as a record of type `rt` in its current version.
 pub fn encode<T: Serialize>(rt: RecordType, value: &T) -> Result<Vec<u8>> {
+    encode_version(rt, rt.current_version, value)
+}
+
+/// Encodes `value` as version `version` of record type `rt`: a type whose
+/// newer version only adds what most records lack keeps writing the older
+/// one when it can, so that older builds still read those records.
+pub fn encode_version<T: Serialize>(rt: RecordType, version: u16, value: &T) -> Result<Vec<u8>> {
     let payload = postcard::to_allocvec(value)
         .map_err(|e| Error::invalid(format!("cannot encode {} record: {e}", rt.name())))?;
     let payload_len = u32::try_from(payload.len())
         .map_err(|_| Error::invalid(format!("{} record too large", rt.name())))?;
     let mut out = Vec::with_capacity(HEADER_LEN + payload.len() + CRC_LEN);
     out.extend_from_slice(&rt.magic);
-    out.extend_from_slice(&rt.current_version.to_le_bytes());
+    out.extend_from_slice(&version.to_le_bytes());
     out.extend_from_slice(&payload_len.to_le_bytes());
     out.extend_from_slice(&payload);
     let crc = crc32c::crc32c(&out);

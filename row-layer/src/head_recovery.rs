@@ -14,7 +14,7 @@ use crate::checkpoint::Generations;
 use crate::ckpt_record::HeadCheckpoint;
 use crate::error::{Error, Result};
 use crate::ids::ObjectNo;
-use crate::image::{GRAIN_DATA, GRAIN_ZERO};
+use crate::image::{GRAIN_DATA, GRAIN_MOVED, GRAIN_ZERO};
 use crate::layout::{self, Geometry};
 use crate::records::{EpochDelta, HeaderRecord};
 use crate::store::OPEN_PARALLELISM;
@@ -147,13 +147,19 @@ async fn fold_listings(
             let g = first + u64::from(layout::parse_grain_key(&k, gpo)?);
             if v.as_ref() == GRAIN_DATA {
                 delta.zero.remove(g);
+                delta.moved.remove(g);
                 delta.data.insert(g);
+            } else if v.as_ref() == GRAIN_MOVED {
+                delta.zero.remove(g);
+                delta.data.insert(g);
+                delta.moved.insert(g);
             } else if v.as_ref() == GRAIN_ZERO {
                 delta.data.remove(g);
+                delta.moved.remove(g);
                 delta.zero.insert(g);
             } else {
                 return Err(Error::corrupt(format!(
-                    "grain state {v:?} for key {k} of object {} is neither D nor Z",
+                    "grain state {v:?} for key {k} of object {} is neither D, M nor Z",
                     o.0
                 )));
             }

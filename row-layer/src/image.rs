@@ -33,6 +33,10 @@ pub(crate) const OWNER_XATTR: &str = "rbd_row.owner";
 pub(crate) const GRAIN_DATA: &[u8] = b"D";
 /// Grain-state omap value: the grain reads as zeros from this epoch on.
 pub(crate) const GRAIN_ZERO: &[u8] = b"Z";
+/// Grain-state omap value: the grain's data is stored in this object, a
+/// copy of what the epoch's parent path held (defrag.rs; `moved` in the
+/// delta): no change for diffs.
+pub(crate) const GRAIN_MOVED: &[u8] = b"M";
 
 /// What a handle looks at.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -81,6 +85,11 @@ pub struct ImageOptions {
     /// (pack.rs) in the background once this many are not packed yet (0:
     /// never); open lists that pack and reads only the records it lacks.
     pub pack_min_epochs: usize,
+    /// An owned head runs a background defragmentation pass (defrag.rs)
+    /// this long after the previous one ended (zero, the default: never).
+    pub defrag_interval: std::time::Duration,
+    /// What the background passes rewrite and how fast.
+    pub defrag: crate::defrag::DefragOptions,
 }
 
 impl Default for ImageOptions {
@@ -94,6 +103,11 @@ impl Default for ImageOptions {
             checkpoint_objects: 4096,
             checkpoint_interval: std::time::Duration::from_secs(30),
             pack_min_epochs: 64,
+            defrag_interval: std::time::Duration::ZERO,
+            defrag: crate::defrag::DefragOptions {
+                min_reads: 8,
+                bytes_per_sec: 16 << 20,
+            },
         }
     }
 }
@@ -184,8 +198,12 @@ pub struct ImageInfo {
     pub created_secs: u64,
 }
 
-enum Fill {
+pub(crate) enum Fill {
     Data(Bytes),
+    /// Data the view already reads, rewritten (defrag.rs): the grains in
+    /// the set are copies of what the parent path holds (`moved`), the
+    /// others already belong to this epoch.
+    Copy(Bytes, roaring::RoaringTreemap),
     Zero,
 }
 
@@ -390,6 +408,15 @@ impl Image {
     where
         F: Future<Output = Result<()>> + Send + 'static,
     {
+        self.detached_value(work).await
+    }
+
+    /// [`Image::detached`] for work that returns a value.
+    pub(crate) async fn detached_value<T, F>(&self, work: F) -> Result<T>
+    where
+        T: Send + 'static,
+        F: Future<Output = Result<T>> + Send + 'static,
+    {
         tokio::spawn(work)
             .await
             .map_err(|e| Error::io(format!("data-path task failed: {e}")))?
@@ -587,7 +614,7 @@ impl Image {
         Ok(())
     }
 
-    async fn write_piece_locked(
+    pub(crate) async fn write_piece_locked(
         &self,
         o: ObjectNo,
         poff: u64,
@@ -605,8 +632,12 @@ impl Image {
         let mut actions = Vec::new();
         let mut data_grains: Vec<u64> = Vec::new();
         let mut zero_grains: Vec<u64> = Vec::new();
+        let moved = match &fill {
+            Fill::Copy(_, copied) => copied.clone(),
+            _ => roaring::RoaringTreemap::new(),
+        };
         match fill {
-            Fill::Data(bytes) => {
+            Fill::Data(bytes) | Fill::Copy(bytes, _) => {
                 let buf = if poff == span_start && poff + plen == span_end {
                     bytes
                 } else {
@@ -674,9 +705,14 @@ impl Image {
         }
         let mut keys = Vec::with_capacity(data_grains.len() + zero_grains.len());
         for &g in &data_grains {
+            let state = if moved.contains(g) {
+                GRAIN_MOVED
+            } else {
+                GRAIN_DATA
+            };
             keys.push((
                 layout::grain_key((g - first_grain) as u32),
-                Bytes::from_static(GRAIN_DATA),
+                Bytes::from_static(state),
             ));
         }
         for &g in &zero_grains {
@@ -693,7 +729,7 @@ impl Image {
             actions,
         };
         let Err(e) = self.inner.backend.operate(&name, op).await else {
-            self.note_written(o, head, &data_grains, &zero_grains);
+            self.note_written(o, head, &data_grains, &zero_grains, &moved);
             return Ok(());
         };
         let e = e.context(format!("writing {name}"));
@@ -702,7 +738,7 @@ impl Image {
         // must follow the disk, or a later discard would skip a grain that
         // recovery will find.
         match self.op_landed(&name, &keys).await {
-            Ok(true) => self.note_written(o, head, &data_grains, &zero_grains),
+            Ok(true) => self.note_written(o, head, &data_grains, &zero_grains, &moved),
             Ok(false) => {}
             Err(why) => {
                 return Err(self.poison(Error::new(
@@ -868,8 +904,16 @@ impl Image {
         }
     }
 
-    /// Updates the open epoch's delta and the cached resolution after a write.
-    fn note_written(&self, o: ObjectNo, head: Epoch, data: &[u64], zero: &[u64]) {
+    /// Updates the open epoch's delta and the cached resolution after a
+    /// write (`moved`: the data grains it copied unchanged).
+    fn note_written(
+        &self,
+        o: ObjectNo,
+        head: Epoch,
+        data: &[u64],
+        zero: &[u64],
+        moved: &roaring::RoaringTreemap,
+    ) {
         let geo = self.inner.geo;
         let first = geo.first_grain(o);
         let id = self.inner.id.clone();
@@ -883,9 +927,15 @@ impl Image {
             for &g in data {
                 d.zero.remove(g);
                 d.data.insert(g);
+                if moved.contains(g) {
+                    d.moved.insert(g);
+                } else {
+                    d.moved.remove(g);
+                }
             }
             for &g in zero {
                 d.data.remove(g);
+                d.moved.remove(g);
                 d.zero.insert(g);
             }
         }

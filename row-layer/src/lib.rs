@@ -21,6 +21,7 @@ pub(crate) mod check;
 mod checkpoint;
 pub mod ckpt_record;
 pub(crate) mod control;
+pub mod defrag;
 pub mod diff;
 mod flatten;
 pub mod fsck;
@@ -43,6 +44,7 @@ pub mod snapshots;
 pub mod space;
 pub mod store;
 
+pub use defrag::{DefragOptions, DefragReport};
 pub use diff::DiffExtent;
 pub use image::{Image, ImageInfo, ImageOptions, View};
 pub use owner::OwnerRequest;

@@ -89,6 +89,11 @@ fn merged_delta(p: &EpochDelta, e: &EpochDelta, written: &RoaringTreemap) -> Epo
     out.zero -= &e.data;
     out.zero |= &e.zero;
     out.touched |= written;
+    // `p`'s moved grains that `e` changed are `e`'s changes now; `e`'s own
+    // moved grains become changes of the merged epoch (a diff across it
+    // may list them although they did not change: never the reverse).
+    out.moved -= &e.data;
+    out.moved -= &e.zero;
     // Grains `e` rewrote hold bytes again; none are listed as freed.
     out.reclaimed -= &e.data;
     out.reclaimed -= &e.zero;
@@ -285,16 +290,19 @@ mod tests {
             data: set(&[1, 2, 3]),
             zero: set(&[4, 5]),
             reclaimed: RoaringTreemap::new(),
+            moved: set(&[1, 3]),
         };
         let e = EpochDelta {
             touched: set(&[0, 1]),
             data: set(&[3, 4, 600]),
             zero: set(&[2, 700]),
             reclaimed: RoaringTreemap::new(),
+            moved: set(&[600]),
         };
         let m = merged_delta(&p, &e, &set(&[0, 1]));
         assert_eq!(m.data, set(&[1, 3, 4, 600]));
         assert_eq!(m.zero, set(&[2, 5, 700]));
+        assert_eq!(m.moved, set(&[1]), "only p's moved grains e left alone");
         assert_eq!(m.touched, set(&[0, 1]));
     }
 }

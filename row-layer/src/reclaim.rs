@@ -204,7 +204,7 @@ impl Image {
     fn lineage_copy(
         &self,
         header: &HeaderRecord,
-    ) -> (HashMap<Epoch, Arc<EpochDelta>>, RoaringTreemap, u64) {
+    ) -> (HashMap<Epoch, Arc<EpochDelta>>, HeadOwn, u64) {
         let st = self.state();
         let mut grains = 0;
         let mut deltas = HashMap::new();
@@ -218,7 +218,10 @@ impl Image {
             .chain
             .links
             .first()
-            .map(|l| &l.delta.data | &l.delta.zero)
+            .map(|l| HeadOwn {
+                all: &l.delta.data | &l.delta.zero,
+                changed: changes(&l.delta),
+            })
             .unwrap_or_default();
         (deltas, head_own, grains + head_own_len(&st.chain))
     }
@@ -380,21 +383,90 @@ fn head_own_len(chain: &crate::lineage::Chain) -> u64 {
         .map_or(0, |l| l.delta.data.len() + l.delta.zero.len())
 }
 
+/// The head's own grains, copied for [`dead_grains`]: all it mentions, and
+/// those that are changes (not defragmentation's moved copies).
+#[derive(Default)]
+pub(crate) struct HeadOwn {
+    all: RoaringTreemap,
+    changed: RoaringTreemap,
+}
+
+/// The grains `d` changes: its zeros and its data except moved copies.
+fn changes(d: &EpochDelta) -> RoaringTreemap {
+    &(&d.data - &d.moved) | &d.zero
+}
+
 /// Grains of each hidden epoch that nothing needs any more: every view
 /// (the head, a snapshot) whose path passes through the epoch meets a
 /// newer version first, and so does every diff base (snapshot or
-/// bookmark) below it. A diff from base X to view V unions the deltas on
+/// bookmark) below it. A diff from base X to view V unions the changes on
 /// the paths from X and V up to their common ancestor; since X and V are
 /// both below any epoch on those paths, a grain dropped from one epoch's
-/// delta is still in the delta of a lower epoch on the same path, and the
-/// lowest such epoch is a base or a view, whose delta is never trimmed.
+/// delta is still changed in the delta of a lower epoch on the same path,
+/// and the lowest such epoch is a base or a view, whose delta is never
+/// trimmed.
+///
+/// Defragmentation's moved grains (defrag.rs) hide older versions from
+/// reads but are no change, so diffs cannot rely on them: where a diff
+/// can cross the epoch (some view or base lies outside its subtree), only
+/// newer *changes* make its grains dead. Every epoch below such an epoch
+/// is such an epoch too, so the changes that stand in for a dropped grain
+/// are never themselves dropped for a moved copy. Elsewhere no diff
+/// crosses the epoch, and any newer version will do.
 /// Children are visited before parents (a parent's number is smaller).
 /// Pure CPU over a copy of the lineage (`Image::lineage_copy`), so it can
 /// run off the runtime's workers.
 fn dead_grains(
     header: &HeaderRecord,
     deltas: &HashMap<Epoch, Arc<EpochDelta>>,
+    head_own: HeadOwn,
+) -> BTreeMap<Epoch, RoaringTreemap> {
+    let crossed = crossed_by_diffs(header);
+    let mut by_version = shadowed(header, deltas, head_own.all, |d| &d.data | &d.zero);
+    let mut by_change = shadowed(header, deltas, head_own.changed, changes);
+    let mut dead = BTreeMap::new();
+    for e in header.epochs.keys() {
+        let from = if crossed.contains(e) {
+            &mut by_change
+        } else {
+            &mut by_version
+        };
+        if let Some(d) = from.remove(e) {
+            dead.insert(*e, d);
+        }
+    }
+    dead
+}
+
+/// Epochs some diff can cross: a view (head, snapshot) or base (snapshot,
+/// bookmark) lies outside their subtree.
+fn crossed_by_diffs(header: &HeaderRecord) -> BTreeSet<Epoch> {
+    let ends: BTreeSet<Epoch> = std::iter::once(header.head)
+        .chain(header.snapshots.iter().map(|s| s.epoch))
+        .chain(header.bookmarks.iter().map(|b| b.epoch))
+        .collect();
+    let mut inside: HashMap<Epoch, usize> = HashMap::new();
+    let mut crossed = BTreeSet::new();
+    for (&e, m) in header.epochs.iter().rev() {
+        let n = inside.remove(&e).unwrap_or(0) + usize::from(ends.contains(&e));
+        if n < ends.len() {
+            crossed.insert(e);
+        }
+        if let Some(p) = m.parent {
+            *inside.entry(p).or_default() += n;
+        }
+    }
+    crossed
+}
+
+/// Per hidden epoch, the grains every view and base in its subtree finds
+/// a newer version of first, a version being what `own` says an epoch's
+/// delta holds (`head_own` for the open head).
+fn shadowed(
+    header: &HeaderRecord,
+    deltas: &HashMap<Epoch, Arc<EpochDelta>>,
     head_own: RoaringTreemap,
+    own: impl Fn(&EpochDelta) -> RoaringTreemap,
 ) -> BTreeMap<Epoch, RoaringTreemap> {
     let views: BTreeSet<Epoch> = std::iter::once(header.head)
         .chain(header.snapshots.iter().map(|s| s.epoch))
@@ -425,7 +497,7 @@ fn dead_grains(
             }
         } else {
             match deltas.get(&e) {
-                Some(d) => &d.data | &d.zero,
+                Some(d) => own(d),
                 None => continue,
             }
         };
@@ -485,6 +557,7 @@ fn punch_plan(
     trimmed.data -= &superseded;
     trimmed.data -= &ed.reclaimed;
     trimmed.zero -= &superseded;
+    trimmed.moved &= &trimmed.data;
     let gone_data = &ed.data & &superseded;
     let mut ops = Vec::new();
     for o in ed.touched.iter() {

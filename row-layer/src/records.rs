@@ -26,10 +26,11 @@ pub const HEADER: RecordType = RecordType {
     current_version: 2,
     oldest_readable: 1,
 };
-/// Epoch record type.
+/// Epoch record type. Version 2 adds `moved` (defrag.rs); a record with
+/// no moved grain is still written as version 1.
 pub const EPOCH: RecordType = RecordType {
     magic: *b"RREP",
-    current_version: 1,
+    current_version: 2,
     oldest_readable: 1,
 };
 
@@ -232,6 +233,11 @@ pub struct EpochDelta {
     /// Data grains the reclaimer already freed while keeping them in `data`
     /// (only for bookmarked epochs, whose delta diffs still need).
     pub reclaimed: RoaringTreemap,
+    /// Data grains this epoch stores with the contents its parent path had
+    /// (defragmentation's copies, defrag.rs): a subset of `data`. They
+    /// resolve reads like any data grain, but they are no change, so diffs
+    /// between two points skip them.
+    pub moved: RoaringTreemap,
 }
 
 #[derive(Serialize, Deserialize)]
@@ -243,6 +249,13 @@ struct EpochWire {
     data: Vec<u8>,
     zero: Vec<u8>,
     reclaimed: Vec<u8>,
+}
+
+/// Version 2: version 1 plus `moved`.
+#[derive(Serialize, Deserialize)]
+struct EpochWireV2 {
+    v1: EpochWire,
+    moved: Vec<u8>,
 }
 
 pub(crate) fn bitmap_bytes(b: &RoaringTreemap) -> Result<Vec<u8>> {
@@ -258,7 +271,8 @@ pub(crate) fn bitmap_from(bytes: &[u8], what: &str) -> Result<RoaringTreemap> {
 }
 
 impl EpochDelta {
-    /// Encodes the record of `epoch` of `image`.
+    /// Encodes the record of `epoch` of `image` (version 1 when no grain
+    /// is moved).
     pub fn encode(&self, image: &ImageId, epoch: Epoch, parent: Option<Epoch>) -> Result<Vec<u8>> {
         let mut data = self.data.clone();
         let mut zero = self.zero.clone();
@@ -266,22 +280,38 @@ impl EpochDelta {
         data.optimize();
         zero.optimize();
         touched.optimize();
-        envelope::encode(
-            EPOCH,
-            &EpochWire {
-                image: image.clone(),
-                epoch,
-                parent,
-                touched: bitmap_bytes(&touched)?,
-                data: bitmap_bytes(&data)?,
-                zero: bitmap_bytes(&zero)?,
-                reclaimed: bitmap_bytes(&self.reclaimed)?,
-            },
-        )
+        let v1 = EpochWire {
+            image: image.clone(),
+            epoch,
+            parent,
+            touched: bitmap_bytes(&touched)?,
+            data: bitmap_bytes(&data)?,
+            zero: bitmap_bytes(&zero)?,
+            reclaimed: bitmap_bytes(&self.reclaimed)?,
+        };
+        if self.moved.is_empty() {
+            return envelope::encode_version(EPOCH, 1, &v1);
+        }
+        let mut moved = self.moved.clone();
+        moved.optimize();
+        let moved = bitmap_bytes(&moved)?;
+        envelope::encode_version(EPOCH, 2, &EpochWireV2 { v1, moved })
     }
     /// Decodes the record of `epoch` of `image`, checking that it is that one.
     pub fn decode(bytes: &[u8], image: &ImageId, epoch: Epoch) -> Result<Self> {
-        let w: EpochWire = envelope::decode(EPOCH, bytes)?;
+        let (version, payload) = envelope::open(EPOCH, bytes)?;
+        let bad = |e: postcard::Error| {
+            Error::corrupt(format!("RREP record payload does not decode: {e}"))
+        };
+        let (w, moved) = if version == 1 {
+            (
+                postcard::from_bytes::<EpochWire>(payload).map_err(bad)?,
+                None,
+            )
+        } else {
+            let w2: EpochWireV2 = postcard::from_bytes(payload).map_err(bad)?;
+            (w2.v1, Some(w2.moved))
+        };
         if &w.image != image || w.epoch != epoch {
             return Err(Error::corrupt(format!(
                 "epoch record for {}/{} found where {image}/{epoch} was expected",
@@ -293,12 +323,27 @@ impl EpochDelta {
             data: bitmap_from(&w.data, "data")?,
             zero: bitmap_from(&w.zero, "zero")?,
             reclaimed: bitmap_from(&w.reclaimed, "reclaimed")?,
+            moved: match moved {
+                Some(m) => bitmap_from(&m, "moved")?,
+                None => RoaringTreemap::new(),
+            },
         };
-        if !d.data.is_disjoint(&d.zero) {
+        d.check_consistent(&format!("epoch record {image}/{epoch}"))?;
+        Ok(d)
+    }
+
+    /// Refuses a delta whose bitmaps contradict each other.
+    pub(crate) fn check_consistent(&self, what: &str) -> Result<()> {
+        if !self.data.is_disjoint(&self.zero) {
             return Err(Error::corrupt(format!(
-                "epoch record {image}/{epoch}: a grain is both data and zero"
+                "{what}: a grain is both data and zero"
             )));
         }
-        Ok(d)
+        if !self.moved.is_subset(&self.data) {
+            return Err(Error::corrupt(format!(
+                "{what}: a moved grain is not a data grain"
+            )));
+        }
+        Ok(())
     }
 }

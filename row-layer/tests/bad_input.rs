@@ -174,13 +174,14 @@ async fn newer_version_epoch_record_is_unsupported_not_corrupt() {
     assert!(!epochs.is_empty());
     let oid = &epochs[0];
     let good = get(&*mem, oid).await;
+    let newer = EPOCH.current_version + 1;
     refused_then_restored(
         &store,
         &mem,
         oid,
-        Some(with_version(&good, EPOCH.current_version + 1)),
+        Some(with_version(&good, newer)),
         ErrorKind::Unsupported,
-        "unsupported version 2 of RREP record",
+        &format!("unsupported version {newer} of RREP record"),
         &content,
     )
     .await;

@@ -45,6 +45,28 @@ fn committed_v1_fixture_still_decodes() {
     assert_eq!(back.encode(&image(), Epoch(4)).expect("encode"), bytes);
 }
 
+/// Version 2 adds the moved grains (defrag.rs); a checkpoint without any
+/// is still written as version 1 (the fixture above, byte for byte).
+#[test]
+fn committed_v2_fixture_still_decodes() {
+    let mut c = sample();
+    c.delta.moved.insert_range(100..200);
+    let path = fixture().with_file_name("ckpt_v2.bin");
+    if std::env::var_os("ROW_WRITE_FIXTURES").is_some() {
+        std::fs::write(&path, c.encode(&image(), Epoch(4)).expect("encode")).expect("write");
+    }
+    let bytes = std::fs::read(&path).expect("checkpoint v2 fixture");
+    assert_eq!(&bytes[..6], b"RRCK\x02\x00");
+    let back = HeadCheckpoint::decode(&bytes, &image(), Epoch(4)).expect("decode v2");
+    assert_eq!(back, c);
+    assert_eq!(back.encode(&image(), Epoch(4)).expect("encode"), bytes);
+    // A moved grain that is not a data grain is refused, not misread.
+    c.delta.moved.insert(5000);
+    let bad = c.encode(&image(), Epoch(4)).expect("encode");
+    let e = HeadCheckpoint::decode(&bad, &image(), Epoch(4)).expect_err("moved outside data");
+    assert_eq!(e.kind(), ErrorKind::Corrupt);
+}
+
 #[test]
 fn damaged_or_misplaced_checkpoints_are_refused() {
     let bytes = std::fs::read(fixture()).expect("checkpoint fixture");

@@ -173,6 +173,33 @@ fn committed_v1_fixtures_still_decode() {
     assert_eq!(wrong.kind(), ErrorKind::Corrupt);
 }
 
+/// Epoch format 2 adds the moved grains (defrag.rs); a delta without any
+/// is still written as format 1, byte for byte the committed fixture.
+#[test]
+fn committed_v2_epoch_fixture_still_decodes() {
+    let header = sample_header();
+    let v1 = std::fs::read(fixture("epoch_v1.bin")).expect("epoch fixture");
+    let again = sample_delta().encode(&header.id, Epoch(3), Some(Epoch(1)));
+    assert_eq!(again.expect("encode"), v1, "no moved grain: still format 1");
+    let mut delta = sample_delta();
+    delta.moved.insert_range(10..20);
+    delta.moved.insert(1u64 << 30);
+    if std::env::var_os("ROW_WRITE_FIXTURES").is_some() {
+        let bytes = delta.encode(&header.id, Epoch(3), Some(Epoch(1)));
+        std::fs::write(fixture("epoch_v2.bin"), bytes.expect("encode")).expect("write");
+    }
+    let bytes = std::fs::read(fixture("epoch_v2.bin")).expect("epoch v2 fixture");
+    assert_eq!(&bytes[..6], b"RREP\x02\x00");
+    let back = EpochDelta::decode(&bytes, &header.id, Epoch(3)).expect("decode epoch v2");
+    assert_eq!(back, delta);
+    delta.moved.insert(1900);
+    let bad = delta
+        .encode(&header.id, Epoch(3), Some(Epoch(1)))
+        .expect("encode");
+    let e = EpochDelta::decode(&bad, &header.id, Epoch(3)).expect_err("moved outside data");
+    assert_eq!(e.kind(), ErrorKind::Corrupt);
+}
+
 #[test]
 fn committed_v2_header_fixture_still_decodes() {
     let mut header = sample_header();

@@ -345,6 +345,30 @@ async fn sequential_reads_after_random_overwrites_cost_one_read_per_source_span(
     // in one. Runs of a source at most 128 KiB apart share a read: 1099.
     assert_eq!(c.reads, 1099, "{c:?}");
     assert_eq!(c.total(), c.reads, "{c:?}");
+
+    // Defragmentation reads each object through the head (the same plan
+    // as a whole-object read) and writes it back in one op; the head
+    // epoch already holds an object of each, so nothing registers.
+    let mut report = None;
+    let d = counted(&fault, async {
+        report = Some(img.defragment(&row_layer::DefragOptions::default()).await);
+    })
+    .await;
+    let r = report.expect("ran").expect("defragment");
+    assert_eq!(r.objects_rewritten, 4, "{r:?}");
+    assert_eq!(r.bytes_rewritten, 16 << 20, "{r:?}");
+    assert_eq!(d.reads, r.reads_before, "{d:?} {r:?}");
+    assert_eq!(d.mutations, 4, "{d:?}");
+    assert_eq!(d.total(), d.reads + d.mutations, "{d:?}");
+    // Afterwards each MiB is one read, as on a never-snapshotted image.
+    let c = counted(&fault, async {
+        for chunk in 0..16u64 {
+            img.read(chunk << 20, 1 << 20).await.expect("read");
+        }
+    })
+    .await;
+    assert_eq!(c.reads, 16, "{c:?}");
+    assert_eq!(c.total(), 16, "{c:?}");
 }
 
 /// Writes one grain into each of objects `objs` (4 MiB objects).

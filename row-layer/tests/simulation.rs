@@ -3,7 +3,8 @@
 //!
 //! Each round, `WRITERS` tasks issue concurrent writes, discards and
 //! write-zeroes over their own stripes of the image (every stripe spans an
-//! object boundary), some of them abandoned by their caller mid-flight, while
+//! object boundary), some of them abandoned by their caller mid-flight,
+//! sometimes beside a defragmentation pass over the whole image, while
 //! named failpoints make ops fail before they land, fail after they landed,
 //! or land late. Then one metadata operation runs (snapshot create or
 //! remove, rollback, shrink and regrow, bookmark, reopen, reclaim, a clone
@@ -319,11 +320,17 @@ impl Sim {
     async fn round(&mut self) {
         self.arm_data_faults();
         let plans: Vec<_> = (0..WRITERS).map(|k| self.writer_ops(k)).collect();
+        let defrag = self.rng.gen_bool(0.4);
         let writers = plans
             .into_iter()
             .enumerate()
             .map(|(k, ops)| self.writer(k as u64, ops));
-        futures::future::join_all(writers).await;
+        let defragmenter = async {
+            if defrag {
+                self.defragment().await;
+            }
+        };
+        futures::future::join(futures::future::join_all(writers), defragmenter).await;
         self.fault.clear_rules();
         // Let abandoned and delayed ops land: they may, until the next
         // metadata operation orders them.
@@ -332,6 +339,25 @@ impl Sim {
         self.observe().await;
         self.metadata_step().await;
         self.verify().await;
+    }
+
+    /// A defragmentation pass beside the writers: it rewrites what the
+    /// head reads, so the oracle does not change; only injected faults may
+    /// stop it.
+    async fn defragment(&self) {
+        let opts = row_layer::DefragOptions {
+            min_reads: 2,
+            bytes_per_sec: 0,
+        };
+        if let Err(e) = self.img().defragment(&opts).await {
+            assert!(
+                matches!(
+                    e.kind(),
+                    ErrorKind::Transient | ErrorKind::Io | ErrorKind::Fenced
+                ),
+                "defragment failed without an injected fault: {e}"
+            );
+        }
     }
 
     async fn reopen_if_poisoned(&mut self) {
@@ -573,11 +599,17 @@ impl Sim {
         let applied = self.rng.gen_bool(0.5);
         self.fault.crash_after_mutations(at, applied);
         let plans: Vec<_> = (0..WRITERS).map(|k| self.writer_ops(k)).collect();
+        let defrag = self.rng.gen_bool(0.4);
         let writers = plans
             .into_iter()
             .enumerate()
             .map(|(k, ops)| self.writer(k as u64, ops));
-        futures::future::join_all(writers).await;
+        let defragmenter = async {
+            if defrag {
+                self.defragment().await;
+            }
+        };
+        futures::future::join(futures::future::join_all(writers), defragmenter).await;
         tokio::time::sleep(Duration::from_secs(1)).await;
         self.head = None;
         if let Some(c) = self.clone.as_mut() {
@@ -641,7 +673,7 @@ impl Sim {
         {
             let live = header.epochs.contains_key(&epoch_of(&oid));
             assert!(live, "data object of a dead epoch: {oid}");
-            stored += data_keys(&*backend, &oid).await;
+            stored += common::data_keys(&*backend, &oid).await;
         }
         let (_, visible) = img.changed_grains(None).expect("changed grains");
         assert_eq!(
@@ -656,20 +688,6 @@ impl Sim {
 fn epoch_of(oid: &str) -> row_layer::Epoch {
     let hex = oid.rsplit('.').next().expect("epoch suffix");
     row_layer::Epoch(u64::from_str_radix(hex, 16).expect("hex epoch"))
-}
-
-/// Number of `D` grain keys of a data object.
-async fn data_keys(backend: &dyn Backend, oid: &str) -> u64 {
-    let mut n = 0;
-    let mut after = String::new();
-    loop {
-        let page = backend.omap_get(oid, &after, "", 1024).await.expect("omap");
-        let Some((last, _)) = page.last() else {
-            return n;
-        };
-        after = last.clone();
-        n += page.iter().filter(|(_, v)| v.as_ref() == b"D").count() as u64;
-    }
 }
 
 fn run_seed(seed: u64) {

@@ -145,6 +145,28 @@ pub enum Command {
         /// Image spec.
         spec: Option<String>,
     },
+    /// Rewrite the head's fragmented objects into its newest data objects,
+    /// so sequential reads after random overwrites under snapshots take one
+    /// RADOS read per object again. Snapshots keep their data; grains they
+    /// still hold are stored twice until they are removed. Needs the image
+    /// not open elsewhere (a gateway defragments its own images in the
+    /// background with --defrag-interval).
+    #[command(
+        after_help = "Example:\n  rbd-row defrag rbd/vol1\n  rbd-row defrag --min-reads 4 --bytes-per-sec 64M --format json rbd/vol1"
+    )]
+    Defrag {
+        /// Image spec.
+        spec: Option<String>,
+        /// Rewrite an object when reading all of it takes at least this
+        /// many RADOS reads (at least 2).
+        #[arg(long = "min-reads", default_value_t = 4)]
+        min_reads: usize,
+        /// Most bytes rewritten per second (K/M/G suffixes; 0: no limit).
+        #[arg(long = "bytes-per-sec", default_value = "0")]
+        bytes_per_sec: String,
+        #[command(flatten)]
+        fmt: FormatArgs,
+    },
     /// Print the extents that differ since a snapshot (or image creation).
     #[command(after_help = "Example:\n  rbd-row diff --from-snap s1 --format json rbd/vol1")]
     Diff {

@@ -319,6 +319,12 @@ async fn execute(ctx: &Ctx, cmd: Command, out: &mut dyn Write) -> CliResult<()> 
             }
         }
         Command::Du { spec, fmt } => du(ctx, spec, &fmt, out).await,
+        Command::Defrag {
+            spec,
+            min_reads,
+            bytes_per_sec,
+            fmt,
+        } => defrag(ctx, spec, min_reads, &bytes_per_sec, &fmt, out).await,
         Command::Check { spec, repair, fmt } => check(ctx, spec, repair, &fmt, out).await,
         Command::Export {
             spec,
@@ -729,6 +735,55 @@ async fn info(
 /// Exit status of `check` when problems remain (EUCLEAN, "Structure needs
 /// cleaning", as fsck-like tools report it).
 const EUCLEAN: i32 = 117;
+
+/// `defrag [--min-reads N] [--bytes-per-sec B] IMAGE`: one
+/// defragmentation pass (`row_layer::defrag`) on an image nobody serves.
+async fn defrag(
+    ctx: &Ctx,
+    spec: Option<String>,
+    min_reads: usize,
+    bytes_per_sec: &str,
+    fmt: &FormatArgs,
+    out: &mut dyn Write,
+) -> CliResult<()> {
+    let js = check_format(fmt)?;
+    if min_reads < 2 {
+        return Err(CliError::usage("rbd-row: --min-reads must be at least 2"));
+    }
+    let opts = row_layer::DefragOptions {
+        min_reads,
+        bytes_per_sec: crate::size::parse_size(bytes_per_sec, 1)?,
+    };
+    let spec = ctx.spec(spec.as_deref(), SnapMode::None)?;
+    let (_, img) = ctx.open_head(&spec).await?;
+    let p = Progress::new("Image defrag", 1, ctx.progress);
+    let r = img.defragment(&opts).await;
+    p.finish(r.is_ok());
+    let r = r.map_err(|e| CliError::row("rbd-row: defrag error", &e));
+    let r = match r {
+        Ok(r) => r,
+        Err(e) => return finish(img, Err(e)).await,
+    };
+    let printed = if js {
+        let v = json!({
+            "objects_examined": r.objects_examined,
+            "objects_rewritten": r.objects_rewritten,
+            "bytes_rewritten": r.bytes_rewritten,
+            "reads_before": r.reads_before,
+            "reads_after": r.reads_after,
+        });
+        text(out, &json(&v, fmt.pretty))
+    } else {
+        text(
+            out,
+            &format!(
+                "rewrote {} of {} candidate objects ({} bytes); reading them takes {} RADOS reads, was {}\n",
+                r.objects_rewritten, r.objects_examined, r.bytes_rewritten, r.reads_after, r.reads_before
+            ),
+        )
+    };
+    finish(img, printed).await
+}
 
 /// `check [--repair] [IMAGE]`: the engine's fsck (`row_layer::fsck`).
 async fn check(

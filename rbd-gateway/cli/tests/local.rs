@@ -740,3 +740,64 @@ fn reclaim_after_rollback_and_snapshot_removal() {
     assert_eq!(t.export("img@s1"), orig);
     t.fails(&["reclaim", "nosuch"], 2);
 }
+
+#[test]
+fn defrag_rewrites_scattered_objects_and_keeps_every_view() {
+    let t = T::new();
+    let data = random(8 * M as usize, 7);
+    std::fs::write(t.file("raw"), &data).expect("write");
+    t.ok(&["import", s(&t.file("raw")), "vol"]);
+    let mut want = data.clone();
+    let mut snaps = Vec::new();
+    let mut rng = rand::rngs::SmallRng::seed_from_u64(8);
+    for n in 0..6 {
+        let name = format!("vol@s{n}");
+        t.ok(&["snap", "create", &name]);
+        snaps.push((name, want.clone()));
+        let mut exts: Vec<(u64, Vec<u8>)> = (0..64)
+            .map(|_| (rng.gen_range(0..2048u64) * 4096, random(4096, rng.gen())))
+            .collect();
+        exts.sort_by_key(|e| e.0);
+        exts.dedup_by_key(|e| e.0);
+        for (o, d) in &exts {
+            want[*o as usize..*o as usize + 4096].copy_from_slice(d);
+        }
+        t.write("vol", 8 * M, &exts, None);
+    }
+    let diffs = |t: &T| -> Vec<serde_json::Value> {
+        (0..6)
+            .map(|n| {
+                t.json(&[
+                    "diff",
+                    "--from-snap",
+                    &format!("s{n}"),
+                    "--format",
+                    "json",
+                    "vol",
+                ])
+            })
+            .collect()
+    };
+    let before = diffs(&t);
+    let r = t.json(&["defrag", "--format", "json", "vol"]);
+    assert_eq!(diffs(&t), before, "a pass changes no diff");
+    assert_eq!(r["objects_rewritten"], 2, "{r}");
+    assert_eq!(r["bytes_rewritten"], 8 * M, "{r}");
+    assert_eq!(r["reads_after"], 2, "{r}");
+    assert!(r["reads_before"].as_u64().expect("n") > 2, "{r}");
+    assert_eq!(t.export("vol"), want);
+    for (name, content) in &snaps {
+        assert!(t.export(name) == *content, "{name} changed");
+    }
+    let again = t.ok_str(&["defrag", "vol"]);
+    assert!(
+        again.starts_with("rewrote 0 of 2 candidate objects"),
+        "{again}"
+    );
+    let e = t.fails(&["defrag", "--min-reads", "1", "vol"], 22);
+    assert!(e.contains("--min-reads must be at least 2"), "{e}");
+    let e = t.fails(&["defrag", "--bytes-per-sec", "fast", "vol"], 22);
+    assert!(e.contains("invalid size value"), "{e}");
+    t.fails(&["defrag", "vol@s0"], 22);
+    t.fails(&["defrag", "nosuch"], 2);
+}

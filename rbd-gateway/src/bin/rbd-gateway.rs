@@ -82,6 +82,34 @@ struct Args {
     /// within 256 MiB.
     #[arg(long, value_name = "SIZE", default_value = "512M", value_parser = parse_budget)]
     max_buffered_bytes: u64,
+    /// Defragment each served head in the background: a pass this many
+    /// seconds after the previous one ended rewrites the objects whose
+    /// sequential read takes many RADOS reads (0: never). Snapshots keep
+    /// their data, so rewritten grains they hold are stored twice until
+    /// those snapshots are removed.
+    #[arg(long, value_name = "SECS", default_value_t = 0)]
+    defrag_interval: u64,
+    /// With --defrag-interval: rewrite an object when reading all of it
+    /// takes at least this many RADOS reads.
+    #[arg(long, value_name = "N", default_value_t = 8, value_parser = parse_min_reads)]
+    defrag_min_reads: usize,
+    /// With --defrag-interval: most bytes each image's pass rewrites per
+    /// second (K/M/G suffixes; 0: no limit).
+    #[arg(long, value_name = "SIZE", default_value = "16M", value_parser = parse_rate)]
+    defrag_bytes_per_sec: u64,
+}
+
+fn parse_min_reads(s: &str) -> Result<usize, String> {
+    match s.parse::<usize>() {
+        Ok(n) if n < 2 => Err("must be at least 2".to_owned()),
+        Ok(n) => Ok(n),
+        Err(e) => Err(e.to_string()),
+    }
+}
+
+fn parse_rate(s: &str) -> Result<u64, String> {
+    rbd_row_cli::size::parse_size(s, 1)
+        .map_err(|e| e.message.trim_start_matches("rbd-row: ").to_owned())
 }
 
 fn parse_max_connections(s: &str) -> Result<usize, String> {
@@ -188,6 +216,11 @@ async fn main() -> anyhow::Result<()> {
         .map(|a| resolve(a))
         .collect::<anyhow::Result<_>>()?;
     config.read_only = args.read_only;
+    config.image_options.defrag_interval = std::time::Duration::from_secs(args.defrag_interval);
+    config.image_options.defrag = row_layer::DefragOptions {
+        min_reads: args.defrag_min_reads,
+        bytes_per_sec: args.defrag_bytes_per_sec,
+    };
     config.metrics_listen = args.metrics.as_deref().map(resolve).transpose()?;
     config.server.tls = tls;
     config.server.limits = Arc::new(row_nbd::ServerLimits::new(

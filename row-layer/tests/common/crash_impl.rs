@@ -35,6 +35,8 @@ pub enum Op {
     Reclaim,
     /// A head checkpoint now (checkpoint.rs).
     Checkpoint,
+    /// A defragmentation pass now (defrag.rs): rewrites, same contents.
+    Defrag,
 }
 
 pub fn op() -> impl Strategy<Value = Op> {
@@ -48,7 +50,16 @@ pub fn op() -> impl Strategy<Value = Op> {
         1 => (0usize..6).prop_map(|which| Op::Bookmark { which }),
         2 => Just(Op::Reclaim),
         3 => Just(Op::Checkpoint),
+        2 => Just(Op::Defrag),
     ]
+}
+
+/// Rewrites every object whose read takes two backend reads or more.
+pub fn defrag_everything() -> row_layer::DefragOptions {
+    row_layer::DefragOptions {
+        min_reads: 2,
+        bytes_per_sec: 0,
+    }
 }
 
 /// What each grain may read as after a crash.
@@ -193,6 +204,8 @@ pub async fn run_with<F>(
                 r.is_ok()
             }
             Op::Reclaim => img.reclaim().await.is_ok(),
+            // Contents do not change, so the oracle does not either.
+            Op::Defrag => img.defragment(&defrag_everything()).await.is_ok(),
             Op::Checkpoint => {
                 // It flushes before its record: everything before is durable.
                 let r = img.checkpoint().await;

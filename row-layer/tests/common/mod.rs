@@ -56,3 +56,34 @@ pub fn apply_diff(
     }
     out
 }
+
+/// Grains data object `oid` stores: its grain keys saying `D` (data) or
+/// `M` (data copied by defragmentation).
+pub async fn data_keys(backend: &dyn row_layer::backend::Backend, oid: &str) -> u64 {
+    let mut n = 0;
+    let mut after = String::new();
+    loop {
+        let page = backend.omap_get(oid, &after, "", 1024).await.expect("omap");
+        let Some((last, _)) = page.last() else {
+            return n;
+        };
+        after = last.clone();
+        n += page
+            .iter()
+            .filter(|(_, v)| v.as_ref() == b"D" || v.as_ref() == b"M")
+            .count() as u64;
+    }
+}
+
+/// Grains every data object of image `img` stores (`data_keys`), summed.
+pub async fn stored_data_grains(backend: &dyn row_layer::backend::Backend, img: &Image) -> u64 {
+    let mut n = 0;
+    let objects = backend
+        .list(&format!("rbd_row_data.{}.", img.id()))
+        .await
+        .expect("list");
+    for oid in objects {
+        n += data_keys(backend, &oid).await;
+    }
+    n
+}

@@ -62,6 +62,10 @@ pub enum Op {
     Checkpoint {
         img: usize,
     },
+    /// Defragments the head (defrag.rs): contents stay as they are.
+    Defrag {
+        img: usize,
+    },
 }
 
 pub const SIZE: u64 = 3 * OBJ;
@@ -82,7 +86,8 @@ pub fn op() -> impl Strategy<Value = Op> {
         1 => img.clone().prop_map(|img| Op::Reopen { img }),
         1 => (img.clone(), 0usize..8).prop_map(|(img, which)| Op::Bookmark { img, which }),
         1 => img.clone().prop_map(|img| Op::Flatten { img }),
-        2 => img.prop_map(|img| Op::Checkpoint { img }),
+        2 => img.clone().prop_map(|img| Op::Checkpoint { img }),
+        1 => img.prop_map(|img| Op::Defrag { img }),
     ]
 }
 
@@ -258,6 +263,16 @@ impl World {
                 m.bookmarks.push((name, m.snaps[w].1.clone()));
             }
             Op::Flatten { img } => self.flatten(img).await,
+            Op::Defrag { img } => {
+                let i = self.pick(img);
+                let opts = row_layer::DefragOptions {
+                    min_reads: 2,
+                    bytes_per_sec: 0,
+                };
+                let r = self.images[i].handle.defragment(&opts).await;
+                let r = r.expect("defragment");
+                assert!(r.reads_after <= r.reads_before, "{r:?}");
+            }
         }
     }
 
