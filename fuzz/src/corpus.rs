@@ -115,7 +115,7 @@ pub fn seeds() -> Vec<Seed> {
             Kind::Epoch => 1,
             Kind::Entry => 2,
         };
-        let mut b = vec![sel, 0];
+        let mut b = vec![sel, seed_version(kind, &payload)];
         b.extend_from_slice(&payload);
         out.push(("records_envelope", format!("sample_{i}.bin"), b.clone()));
         if i == 0 {
@@ -126,8 +126,9 @@ pub fn seeds() -> Vec<Seed> {
 
     // records_mutate: sample, version selector, edits.
     let n = sample_payloads().len() as u8;
-    for i in 0..n {
-        out.push(("records_mutate", format!("sample_{i}.bin"), vec![i, 0]));
+    for (i, (kind, payload)) in (0..n).zip(sample_payloads()) {
+        let ver = seed_version(kind, &payload);
+        out.push(("records_mutate", format!("sample_{i}.bin"), vec![i, ver]));
     }
     out.push((
         "records_mutate",
@@ -264,4 +265,16 @@ pub fn seeds() -> Vec<Seed> {
         }
     }
     out
+}
+
+/// The version selector (`records::version_for`) under which a sample
+/// payload decodes: the current version, else the oldest readable one (an
+/// epoch record without moved grains is still written as format 1).
+fn seed_version(kind: Kind, payload: &[u8]) -> u8 {
+    let rt = kind.record_type();
+    if kind.decodes(&crate::records::envelope(rt, rt.current_version, payload)) {
+        0
+    } else {
+        0xf7
+    }
 }

@@ -296,6 +296,18 @@ pub fn sample_deltas() -> Vec<(ImageId, Epoch, Option<Epoch>, EpochDelta)> {
         ImageId("1234567890abcdef".into()),
         Epoch(9),
         Some(Epoch(8)),
+        d.clone(),
+    ));
+
+    // Format 2: moved grains (defragmentation's copies), a subset of data.
+    for g in (0..65536u64).step_by(6) {
+        d.moved.insert(g);
+    }
+    d.moved.insert(1 << 33);
+    out.push((
+        ImageId("1234567890abcdef".into()),
+        Epoch(10),
+        Some(Epoch(9)),
         d,
     ));
     out
@@ -570,6 +582,7 @@ pub fn version_for(rt: RecordType, sel: u8) -> u16 {
         0xfd => 0x8000,
         0xfe => u16::MAX - 1,
         0xff => u16::MAX,
+        0xf7 => rt.oldest_readable,
         _ => rt.current_version,
     }
 }

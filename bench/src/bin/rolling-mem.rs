@@ -76,7 +76,9 @@ async fn stored(mem: &MemBackend) -> Result<(u64, u64)> {
             let page = mem.omap_get(oid, &after, "", 1024).await?;
             let Some((last, _)) = page.last() else { break };
             after = last.clone();
-            grains += page.iter().filter(|(_, v)| v.as_ref() == b"D").count() as u64;
+            grains += (page.iter())
+                .filter(|(_, v)| v.as_ref() == b"D" || v.as_ref() == b"M")
+                .count() as u64;
         }
     }
     Ok((objects.len() as u64, grains))
