@@ -3,7 +3,8 @@
 //! every input reaches postcard and the record's own checks), decoded as
 //! the image and epoch the payload claims to be.
 //!
-//! Input: `mode (bit 0: raw / enveloped) | bytes...`.
+//! Input: `mode (bit 0: raw / enveloped) | version selector (enveloped
+//! only; `records::version_for`) | bytes...`.
 //! Asserts: no panic; a failed decode is `Corrupt` (or `Unsupported` for a
 //! newer version); whatever decodes has generation ≥ 1 and no grain both
 //! data and zero, and re-encodes to a record that decodes to the same
@@ -12,7 +13,7 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use rbd_row_fuzz::records::envelope;
+use rbd_row_fuzz::records::{envelope, version_for};
 use row_layer::ckpt_record::{HeadCheckpoint, CHECKPOINT};
 use row_layer::{Epoch, ErrorKind, ImageId};
 use serde::Deserialize;
@@ -37,10 +38,10 @@ fuzz_target!(|data: &[u8]| {
     let [mode, rest @ ..] = data else {
         return;
     };
-    let bytes = if mode & 1 == 0 {
-        rest.to_vec()
-    } else {
-        envelope(CHECKPOINT, CHECKPOINT.current_version, rest)
+    let bytes = match rest {
+        _ if mode & 1 == 0 => rest.to_vec(),
+        [ver, payload @ ..] => envelope(CHECKPOINT, version_for(CHECKPOINT, *ver), payload),
+        [] => return,
     };
     let (image, epoch) = identity(&bytes);
     match HeadCheckpoint::decode(&bytes, &image, epoch) {

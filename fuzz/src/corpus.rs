@@ -89,8 +89,8 @@ pub fn seeds() -> Vec<Seed> {
         out.push(("records", format!("epoch_{i}.bin"), b));
     }
 
-    // ckpt_record: mode (raw / enveloped payload), bytes; the sample
-    // deltas as head checkpoints.
+    // ckpt_record: mode (raw / enveloped payload), version selector (when
+    // enveloped), bytes; the sample deltas as head checkpoints.
     for (i, (id, e, _, d)) in sample_deltas().iter().enumerate() {
         let c = row_layer::ckpt_record::HeadCheckpoint {
             generation: i as u64 + 1,
@@ -103,7 +103,10 @@ pub fn seeds() -> Vec<Seed> {
         let mut raw = vec![0];
         raw.extend_from_slice(&b);
         out.push(("ckpt_record", format!("raw_{i}.bin"), raw));
-        let mut enveloped = vec![1];
+        // Enveloped under the version it was written as (format 1 when
+        // nothing is moved: selector 0xf7, the oldest readable).
+        let ver = if b[4] == 1 { 0xf7 } else { 0 };
+        let mut enveloped = vec![1, ver];
         enveloped.extend_from_slice(&payload_of(row_layer::ckpt_record::CHECKPOINT, &b));
         out.push(("ckpt_record", format!("payload_{i}.bin"), enveloped));
     }

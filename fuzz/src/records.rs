@@ -109,6 +109,15 @@ pub struct EpochWireMirror {
     pub reclaimed: Vec<u8>,
 }
 
+/// Field-for-field copy of row-layer's private `EpochWireV2` (format 2).
+#[derive(Debug, Serialize, Deserialize)]
+pub struct EpochWireV2Mirror {
+    /// The format-1 fields.
+    pub v1: EpochWireMirror,
+    /// Serialized `moved` treemap.
+    pub moved: Vec<u8>,
+}
+
 fn ts(secs: u64, nanos: u32) -> Timestamp {
     Timestamp { secs, nanos }
 }
@@ -438,9 +447,13 @@ pub fn check_entry(bytes: &[u8]) -> Option<HeaderEntry> {
 /// be (learned through [`EpochWireMirror`]), and checks the round trip, the
 /// identity check and the bitmaps against a direct decode.
 pub fn check_epoch(bytes: &[u8]) -> Option<EpochDelta> {
-    let mirror = row_layer::envelope::open(EPOCH, bytes)
-        .ok()
-        .and_then(|(_, p)| postcard::from_bytes::<EpochWireMirror>(p).ok());
+    let opened = row_layer::envelope::open(EPOCH, bytes).ok();
+    let mirror = opened.and_then(|(_, p)| postcard::from_bytes::<EpochWireMirror>(p).ok());
+    // Format 2 appends the moved grains to format 1's fields.
+    let moved_raw = opened
+        .filter(|(v, _)| *v == 2)
+        .and_then(|(_, p)| postcard::from_bytes::<EpochWireV2Mirror>(p).ok())
+        .map(|m| m.moved);
     let Some(m) = mirror else {
         let e = EpochDelta::decode(bytes, &ImageId("fuzz".into()), Epoch(1))
             .expect_err("an epoch record whose payload does not decode is refused");
@@ -459,6 +472,14 @@ pub fn check_epoch(bytes: &[u8]) -> Option<EpochDelta> {
                 let direct = RoaringTreemap::deserialize_from(&raw[..]).expect("bitmap decodes");
                 assert_eq!(got, &direct, "{what} bitmap");
             }
+            match &moved_raw {
+                Some(raw) => {
+                    let direct = RoaringTreemap::deserialize_from(&raw[..]).expect("moved decodes");
+                    assert_eq!(d.moved, direct, "moved bitmap");
+                }
+                None => assert!(d.moved.is_empty(), "format 1 has no moved grain"),
+            }
+            assert!(d.moved.is_subset(&d.data), "moved grains are data grains");
             assert!(d.data.is_disjoint(&d.zero), "data and zero disjoint");
             // Identity: the same bytes are refused as another epoch/image.
             let other = Epoch(m.epoch.0.wrapping_add(1));

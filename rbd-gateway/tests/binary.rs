@@ -273,7 +273,7 @@ fn binary_defragments_in_the_background() {
         .build()
         .expect("runtime");
     let size = 8 * MIB;
-    let (head, snap0) = rt.block_on(async {
+    let (head, snap0, changed) = rt.block_on(async {
         let store = pool_store(&local_stores(&store_dir), "rbd").await;
         create_image(&store, "disk", size).await;
         let img = store.open("disk").await.expect("open");
@@ -295,9 +295,12 @@ fn binary_defragments_in_the_background() {
             }
         }
         let head = img.read(0, size).await.expect("read");
+        let changed: Vec<(u64, u64)> = (img.diff(Some("s5")).expect("diff").iter())
+            .map(|e| (e.offset, e.length))
+            .collect();
         img.flush().await.expect("flush");
         img.close().await.expect("close");
-        (head, snap0)
+        (head, snap0, changed)
     });
 
     let gw = spawn_gateway(
@@ -325,6 +328,14 @@ fn binary_defragments_in_the_background() {
         served == head[..],
         "NBD reads changed after defragmentation"
     );
+    // The changed-block map a backup reads still lists only the writes
+    // since s5, not the rewritten grains.
+    let dirty: Vec<(u64, u64)> = (nbd_map(&url, Some("rbd-row:diff:s5")).into_iter())
+        .filter(|e| e.2 == 1)
+        .map(|e| (e.0, e.1))
+        .collect();
+    assert!(!changed.is_empty());
+    assert_eq!(dirty, changed, "the diff map grew with the pass");
     stop_gateway(gw, Duration::from_secs(20));
 
     rt.block_on(async {

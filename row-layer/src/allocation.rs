@@ -26,6 +26,7 @@ use crate::error::{Error, Result};
 use crate::ids::{Epoch, ObjectNo};
 use crate::image::{Image, State};
 use crate::lineage::{Chain, Loc, UNALLOCATED, ZERO};
+use crate::records::EpochDelta;
 use crate::store::path;
 use roaring::RoaringTreemap;
 use std::collections::{BTreeMap, HashSet};
@@ -264,14 +265,20 @@ impl Image {
         if g1 <= g0 {
             return Ok(());
         }
-        let add = |out: &mut RoaringTreemap, bitmap: &RoaringTreemap| {
-            let mut it = bitmap.iter();
-            it.advance_to(g0);
-            for g in it {
-                if g >= g1 {
-                    break;
+        // An epoch's changes in the window: its zeros and its data except
+        // the grains it holds as unchanged copies (`moved`, defrag.rs).
+        let add = |out: &mut RoaringTreemap, d: &EpochDelta| {
+            for (bitmap, skip) in [(&d.data, Some(&d.moved)), (&d.zero, None)] {
+                let mut it = bitmap.iter();
+                it.advance_to(g0);
+                for g in it {
+                    if g >= g1 {
+                        break;
+                    }
+                    if !skip.is_some_and(|m| m.contains(g)) {
+                        out.insert(g);
+                    }
                 }
-                out.insert(g);
             }
         };
         let own_id = &self.inner.id;
@@ -287,8 +294,7 @@ impl Image {
                 lca = Some(*e);
                 break;
             }
-            add(out, &l.delta.data);
-            add(out, &l.delta.zero);
+            add(out, &l.delta);
         }
         for e in from_path {
             if Some(e) == lca {
@@ -297,8 +303,7 @@ impl Image {
             let d = st.deltas.get(&e).ok_or_else(|| {
                 Error::corrupt(format!("epoch {e} on the diff base's path is not loaded"))
             })?;
-            add(out, &d.data);
-            add(out, &d.zero);
+            add(out, d);
         }
         Ok(())
     }
@@ -448,6 +453,13 @@ mod tests {
             if round == 4 {
                 img.snap_rollback("s2").await.unwrap();
             }
+            check(&img, &mut rng, &bases).await;
+            // Defragmentation's copies are no change (defrag.rs).
+            let opts = crate::DefragOptions {
+                min_reads: 2,
+                bytes_per_sec: 0,
+            };
+            img.defragment(&opts).await.unwrap();
             check(&img, &mut rng, &bases).await;
         }
         // A snapshot view and a clone answer through their own chains.
