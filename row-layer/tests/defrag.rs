@@ -410,3 +410,32 @@ async fn a_background_pass_stops_writing_when_the_handle_closes() {
     let r = img.defragment(&everything()).await.expect("rest");
     assert!(r.objects_rewritten > 0, "the pass was cut short: {r:?}");
 }
+
+/// The ticker holds the handle only while it rewrites an object: a client
+/// that drops every handle without closing it does not leave a pass
+/// writing for the rest of its pacing.
+#[tokio::test(start_paused = true)]
+async fn dropping_every_handle_ends_a_background_pass() {
+    let opts = ImageOptions {
+        defrag_interval: Duration::from_secs(1),
+        defrag: DefragOptions {
+            min_reads: 2,
+            bytes_per_sec: OBJ,
+        },
+        ..ImageOptions::default()
+    };
+    let (fault, _store, img) = setup(opts).await;
+    fragment(&img, 6, 91).await;
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    let mid_pass = fault.counts();
+    img.flush().await.expect("flush");
+    drop(img);
+    tokio::time::sleep(Duration::from_secs(30)).await;
+    let after = fault.counts() - mid_pass;
+    // The flush, and at most the object being rewritten when the last
+    // handle went.
+    assert!(
+        after.mutations <= 1,
+        "the pass outlived its handle: {after:?}"
+    );
+}
