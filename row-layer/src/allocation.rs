@@ -23,13 +23,12 @@
 //! for long. A query that races a write sees the grain before or after it.
 
 use crate::error::{Error, Result};
-use crate::ids::{Epoch, ObjectNo};
+use crate::ids::ObjectNo;
 use crate::image::{Image, State};
 use crate::lineage::{Chain, Loc, UNALLOCATED, ZERO};
 use crate::records::EpochDelta;
-use crate::store::path;
 use roaring::RoaringTreemap;
-use std::collections::{BTreeMap, HashSet};
+use std::collections::BTreeMap;
 
 /// What a byte range of a view holds.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -250,17 +249,7 @@ impl Image {
         g1: u64,
         out: &mut RoaringTreemap,
     ) -> Result<()> {
-        let from_epoch = match st.header.snap(from) {
-            Some(s) => s.epoch,
-            None => match st.header.bookmarks.iter().find(|b| b.name == from) {
-                Some(b) => b.epoch,
-                None => {
-                    return Err(Error::not_found(format!(
-                        "snapshot or bookmark {from} does not exist"
-                    )))
-                }
-            },
-        };
+        let (from_epoch, _) = crate::diff::base_of(&st.header, from)?;
         let g1 = g1.min(self.inner.geo.grains_for(st.size));
         if g1 <= g0 {
             return Ok(());
@@ -281,28 +270,7 @@ impl Image {
                 }
             }
         };
-        let own_id = &self.inner.id;
-        let from_path = path(&st.header, from_epoch);
-        let from_set: HashSet<Epoch> = from_path.iter().copied().collect();
-        let mut lca = None;
-        for l in &st.chain.links {
-            let (img, e) = &st.chain.sources[l.source as usize];
-            if img != own_id {
-                break;
-            }
-            if from_set.contains(e) {
-                lca = Some(*e);
-                break;
-            }
-            add(out, &l.delta);
-        }
-        for e in from_path {
-            if Some(e) == lca {
-                break;
-            }
-            let d = st.deltas.get(&e).ok_or_else(|| {
-                Error::corrupt(format!("epoch {e} on the diff base's path is not loaded"))
-            })?;
+        for d in crate::diff::deltas_since(st, &self.inner.id, from_epoch)? {
             add(out, d);
         }
         Ok(())

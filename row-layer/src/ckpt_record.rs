@@ -7,10 +7,10 @@
 //! read as a header or an epoch record. Version 1 is kept as a fixture in
 //! `tests/fixtures/ckpt_v1.bin`.
 
-use crate::envelope::{self, RecordType};
+use crate::envelope::RecordType;
 use crate::error::{Error, Result};
 use crate::ids::{Epoch, ImageId};
-use crate::records::{bitmap_bytes, bitmap_from, EpochDelta};
+use crate::records::{bitmap_bytes, bitmap_from, decode_with_moved, encode_with_moved, EpochDelta};
 use serde::{Deserialize, Serialize};
 
 /// Checkpoint record type. Version 2 adds `moved` (defrag.rs); a
@@ -44,13 +44,6 @@ struct CheckpointWire {
     zero: Vec<u8>,
 }
 
-/// Version 2: version 1 plus `moved`.
-#[derive(Serialize, Deserialize)]
-struct CheckpointWireV2 {
-    v1: CheckpointWire,
-    moved: Vec<u8>,
-}
-
 impl HeadCheckpoint {
     /// Encodes the checkpoint of open epoch `epoch` of `image`.
     pub fn encode(&self, image: &ImageId, epoch: Epoch) -> Result<Vec<u8>> {
@@ -79,29 +72,13 @@ impl HeadCheckpoint {
             data: bitmap_bytes(&data)?,
             zero: bitmap_bytes(&zero)?,
         };
-        if delta.moved.is_empty() {
-            return envelope::encode_version(CHECKPOINT, 1, &v1);
-        }
-        let mut moved = delta.moved.clone();
-        moved.optimize();
-        let moved = bitmap_bytes(&moved)?;
-        envelope::encode_version(CHECKPOINT, 2, &CheckpointWireV2 { v1, moved })
+        encode_with_moved(CHECKPOINT, v1, &delta.moved)
     }
 
     /// Decodes the checkpoint of `epoch` of `image`, checking that it is
     /// that one and that it is self-consistent.
     pub fn decode(bytes: &[u8], image: &ImageId, epoch: Epoch) -> Result<Self> {
-        let (version, payload) = envelope::open(CHECKPOINT, bytes)?;
-        let bad = |e: postcard::Error| {
-            Error::corrupt(format!("RRCK record payload does not decode: {e}"))
-        };
-        let (w, moved) = if version == 1 {
-            let w: CheckpointWire = postcard::from_bytes(payload).map_err(bad)?;
-            (w, None)
-        } else {
-            let w2: CheckpointWireV2 = postcard::from_bytes(payload).map_err(bad)?;
-            (w2.v1, Some(w2.moved))
-        };
+        let (w, moved): (CheckpointWire, _) = decode_with_moved(CHECKPOINT, bytes)?;
         let what = format!("checkpoint record {image}/{epoch}");
         if &w.image != image || w.epoch != epoch {
             return Err(Error::corrupt(format!(
@@ -117,10 +94,7 @@ impl HeadCheckpoint {
             data: bitmap_from(&w.data, "data")?,
             zero: bitmap_from(&w.zero, "zero")?,
             reclaimed: Default::default(),
-            moved: match moved {
-                Some(m) => bitmap_from(&m, "moved")?,
-                None => Default::default(),
-            },
+            moved,
         };
         delta.check_consistent(&what)?;
         Ok(HeadCheckpoint {

@@ -10,8 +10,10 @@
 
 use crate::error::{Error, Result};
 use crate::ids::Epoch;
+use crate::ids::ImageId;
 use crate::image::Image;
-use crate::records::EpochDelta;
+use crate::image::State;
+use crate::records::{EpochDelta, HeaderRecord};
 use crate::store::path;
 use roaring::RoaringTreemap;
 use std::collections::HashSet;
@@ -39,19 +41,59 @@ fn add_changes(changed: &mut RoaringTreemap, d: &EpochDelta) {
     *changed |= &d.zero;
 }
 
+/// The epoch and size of the snapshot, else bookmark, `name` of `header`:
+/// where a diff may start.
+pub(crate) fn base_of(header: &HeaderRecord, name: &str) -> Result<(Epoch, u64)> {
+    if let Some(s) = header.snap(name) {
+        return Ok((s.epoch, s.size));
+    }
+    if let Some(b) = header.bookmarks.iter().find(|b| b.name == name) {
+        return Ok((b.epoch, b.size));
+    }
+    Err(Error::not_found(format!(
+        "snapshot or bookmark {name} does not exist"
+    )))
+}
+
+/// The deltas a diff from epoch `from` to the view of `st` unions: the
+/// view's own links up to their common ancestor, then the base's path up
+/// to it (the ancestor itself excluded on both sides).
+pub(crate) fn deltas_since<'a>(
+    st: &'a State,
+    own_id: &ImageId,
+    from: Epoch,
+) -> Result<Vec<&'a EpochDelta>> {
+    let from_path = path(&st.header, from);
+    let from_set: HashSet<Epoch> = from_path.iter().copied().collect();
+    let mut out = Vec::new();
+    let mut lca = None;
+    for l in &st.chain.links {
+        let (img, e) = &st.chain.sources[l.source as usize];
+        if img != own_id {
+            break;
+        }
+        if from_set.contains(e) {
+            lca = Some(*e);
+            break;
+        }
+        out.push(&*l.delta);
+    }
+    for e in from_path {
+        if Some(e) == lca {
+            break;
+        }
+        let d = st.deltas.get(&e).ok_or_else(|| {
+            Error::corrupt(format!("epoch {e} on the diff base's path is not loaded"))
+        })?;
+        out.push(&**d);
+    }
+    Ok(out)
+}
+
 impl Image {
     /// The epoch and size a diff may start from: a snapshot, else a bookmark.
     pub(crate) fn diff_base(&self, name: &str) -> Result<(Epoch, u64)> {
-        let st = self.state();
-        if let Some(s) = st.header.snap(name) {
-            return Ok((s.epoch, s.size));
-        }
-        if let Some(b) = st.header.bookmarks.iter().find(|b| b.name == name) {
-            return Ok((b.epoch, b.size));
-        }
-        Err(Error::not_found(format!(
-            "snapshot or bookmark {name} does not exist"
-        )))
+        base_of(&self.state().header, name)
     }
 
     /// Grains changed since `from` (None: since the beginning, i.e. every
@@ -87,27 +129,7 @@ impl Image {
                 }
             }
             Some((from_epoch, _)) => {
-                let from_path = path(&st.header, from_epoch);
-                let from_set: HashSet<Epoch> = from_path.iter().copied().collect();
-                let mut lca = None;
-                for l in &st.chain.links {
-                    let (img, e) = &st.chain.sources[l.source as usize];
-                    if img != own_id {
-                        break;
-                    }
-                    if from_set.contains(e) {
-                        lca = Some(*e);
-                        break;
-                    }
-                    add_changes(&mut changed, &l.delta);
-                }
-                for e in from_path {
-                    if Some(e) == lca {
-                        break;
-                    }
-                    let d = st.deltas.get(&e).ok_or_else(|| {
-                        Error::corrupt(format!("epoch {e} on the diff base's path is not loaded"))
-                    })?;
+                for d in deltas_since(&st, own_id, from_epoch)? {
                     add_changes(&mut changed, d);
                 }
             }

@@ -251,11 +251,49 @@ struct EpochWire {
     reclaimed: Vec<u8>,
 }
 
-/// Version 2: version 1 plus `moved`.
+/// Format 2 of the epoch and checkpoint records: format 1's fields, then
+/// the serialized `moved` grains (defrag.rs).
 #[derive(Serialize, Deserialize)]
-struct EpochWireV2 {
-    v1: EpochWire,
+struct WithMoved<T> {
+    v1: T,
     moved: Vec<u8>,
+}
+
+/// Encodes `v1` as format 1 of `rt` when no grain is moved (so that older
+/// builds still read it), else as format 2 with `moved`.
+pub(crate) fn encode_with_moved<T: Serialize>(
+    rt: RecordType,
+    v1: T,
+    moved: &RoaringTreemap,
+) -> Result<Vec<u8>> {
+    if moved.is_empty() {
+        return envelope::encode_version(rt, 1, &v1);
+    }
+    let mut m = moved.clone();
+    m.optimize();
+    let moved = bitmap_bytes(&m)?;
+    envelope::encode_version(rt, 2, &WithMoved { v1, moved })
+}
+
+/// Decodes format 1 or 2 of `rt`: format 1's fields and the moved grains
+/// (none in format 1).
+pub(crate) fn decode_with_moved<T: serde::de::DeserializeOwned>(
+    rt: RecordType,
+    bytes: &[u8],
+) -> Result<(T, RoaringTreemap)> {
+    let (version, payload) = envelope::open(rt, bytes)?;
+    let bad = |e: postcard::Error| {
+        let name = String::from_utf8_lossy(&rt.magic).into_owned();
+        Error::corrupt(format!("{name} record payload does not decode: {e}"))
+    };
+    if version == 1 {
+        return Ok((
+            postcard::from_bytes(payload).map_err(bad)?,
+            RoaringTreemap::new(),
+        ));
+    }
+    let w: WithMoved<T> = postcard::from_bytes(payload).map_err(bad)?;
+    Ok((w.v1, bitmap_from(&w.moved, "moved")?))
 }
 
 pub(crate) fn bitmap_bytes(b: &RoaringTreemap) -> Result<Vec<u8>> {
@@ -289,29 +327,11 @@ impl EpochDelta {
             zero: bitmap_bytes(&zero)?,
             reclaimed: bitmap_bytes(&self.reclaimed)?,
         };
-        if self.moved.is_empty() {
-            return envelope::encode_version(EPOCH, 1, &v1);
-        }
-        let mut moved = self.moved.clone();
-        moved.optimize();
-        let moved = bitmap_bytes(&moved)?;
-        envelope::encode_version(EPOCH, 2, &EpochWireV2 { v1, moved })
+        encode_with_moved(EPOCH, v1, &self.moved)
     }
     /// Decodes the record of `epoch` of `image`, checking that it is that one.
     pub fn decode(bytes: &[u8], image: &ImageId, epoch: Epoch) -> Result<Self> {
-        let (version, payload) = envelope::open(EPOCH, bytes)?;
-        let bad = |e: postcard::Error| {
-            Error::corrupt(format!("RREP record payload does not decode: {e}"))
-        };
-        let (w, moved) = if version == 1 {
-            (
-                postcard::from_bytes::<EpochWire>(payload).map_err(bad)?,
-                None,
-            )
-        } else {
-            let w2: EpochWireV2 = postcard::from_bytes(payload).map_err(bad)?;
-            (w2.v1, Some(w2.moved))
-        };
+        let (w, moved): (EpochWire, _) = decode_with_moved(EPOCH, bytes)?;
         if &w.image != image || w.epoch != epoch {
             return Err(Error::corrupt(format!(
                 "epoch record for {}/{} found where {image}/{epoch} was expected",
@@ -323,10 +343,7 @@ impl EpochDelta {
             data: bitmap_from(&w.data, "data")?,
             zero: bitmap_from(&w.zero, "zero")?,
             reclaimed: bitmap_from(&w.reclaimed, "reclaimed")?,
-            moved: match moved {
-                Some(m) => bitmap_from(&m, "moved")?,
-                None => RoaringTreemap::new(),
-            },
+            moved,
         };
         d.check_consistent(&format!("epoch record {image}/{epoch}"))?;
         Ok(d)
