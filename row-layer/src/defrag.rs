@@ -297,20 +297,7 @@ fn reads_of(locs: &[Loc], grain_size: u64) -> usize {
 
 /// Maximal runs `[i, j)` of grains that hold data.
 fn data_runs(locs: &[Loc]) -> Vec<(usize, usize)> {
-    let mut runs = Vec::new();
-    let mut i = 0;
-    while i < locs.len() {
-        if locs[i] < FIRST_SOURCE {
-            i += 1;
-            continue;
-        }
-        let start = i;
-        while i < locs.len() && locs[i] >= FIRST_SOURCE {
-            i += 1;
-        }
-        runs.push((start, i));
-    }
-    runs
+    crate::lineage::runs_where(locs, |l| l >= FIRST_SOURCE)
 }
 
 /// Sleeps until `bytes` written since `started` are within `bytes_per_sec`.

@@ -592,18 +592,9 @@ impl Image {
         let size = self.size();
         let from_parent =
             |l: Loc| l >= FIRST_SOURCE && sources[(l - FIRST_SOURCE) as usize].0 != self.inner.id;
-        let mut i = 0;
-        while i < locs.len() {
-            if !from_parent(locs[i]) {
-                i += 1;
-                continue;
-            }
-            let start = i;
-            while i < locs.len() && from_parent(locs[i]) {
-                i += 1;
-            }
-            let off = (g0 + start as u64) * gs;
-            let end = ((g0 + i as u64) * gs).min(size);
+        for (i, j) in crate::lineage::runs_where(&locs, from_parent) {
+            let off = (g0 + i as u64) * gs;
+            let end = ((g0 + j as u64) * gs).min(size);
             if off >= end {
                 break;
             }

@@ -23,6 +23,24 @@ pub(crate) const ZERO: Loc = 1;
 /// Offset of source indexes in a [`Loc`].
 pub(crate) const FIRST_SOURCE: Loc = 2;
 
+/// Maximal runs `[i, j)` of `locs` whose grains satisfy `keep`.
+pub(crate) fn runs_where(locs: &[Loc], keep: impl Fn(Loc) -> bool) -> Vec<(usize, usize)> {
+    let mut runs = Vec::new();
+    let mut i = 0;
+    while i < locs.len() {
+        if !keep(locs[i]) {
+            i += 1;
+            continue;
+        }
+        let start = i;
+        while i < locs.len() && keep(locs[i]) {
+            i += 1;
+        }
+        runs.push((start, i));
+    }
+    runs
+}
+
 /// One epoch on a view's path.
 #[derive(Clone)]
 pub(crate) struct Link {
